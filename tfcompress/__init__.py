@@ -4,9 +4,17 @@
     import tfcompress as tfc
 
     model = tfc.prune(model, final_sparsity=0.8)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
     final = tfc.strip(model)
     tfc.summary(final)
 """
 
+from tfcompress import pruning
+from tfcompress.callbacks import CompressionCallback
+from tfcompress.pruning import prune
+from tfcompress.strip import strip
+from tfcompress.summary import summary
 from tfcompress.version import __version__
+
+__all__ = ["CompressionCallback", "prune", "pruning", "strip", "summary", "__version__"]

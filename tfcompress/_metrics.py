@@ -1,0 +1,30 @@
+"""Metrics that report a compression state (sparsity, phase) in the Keras logs."""
+
+import tensorflow as tf
+
+from tfcompress._keras import keras
+
+
+class CurrentValue(keras.metrics.Metric):
+    """The latest value given, not an average over the epoch.
+
+    Sparsity and schedule phases are states of the model, so the progress bar,
+    History and CSVLogger should show where the model is now. Resetting between
+    epochs keeps the value for the same reason.
+    """
+
+    def __init__(self, name, dtype="float32"):
+        super().__init__(name=name, dtype=dtype)
+        self.value = self.add_weight(
+            "value", initializer="zeros", aggregation=tf.VariableAggregation.MEAN
+        )
+
+    def update_state(self, value, sample_weight=None):
+        del sample_weight
+        return self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self):
+        return tf.identity(self.value)
+
+    def reset_state(self):
+        pass

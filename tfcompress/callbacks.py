@@ -1,0 +1,129 @@
+"""`CompressionCallback`: the one callback that drives every schedule in a model."""
+
+from absl import logging
+import tensorflow_model_optimization as tfmot
+
+from tfcompress._keras import keras
+from tfcompress.pruning.prune import attach_sparsity_report
+
+
+class CompressionCallback(keras.callbacks.Callback):
+    """Drives every compression schedule in the model from the fit's own numbers.
+
+    Add it once to `fit`. When training starts it finds every tfcompress wrapper
+    in the model (nested models included), turns the schedules' fractions into
+    optimizer steps from `epochs x steps_per_epoch`, and advances tfmot's step
+    counters. `fit(initial_epoch=k)` continues a schedule where epoch k begins.
+    The model reports its current `sparsity` as a metric, so the progress bar,
+    History, CSVLogger and TensorBoard show it.
+
+    Arguments:
+        verbose: 1 prints the resolved plan when training starts (only when
+            `fit` itself is verbose); 0 prints nothing.
+
+    Example:
+
+    ```python
+    model = tfc.prune(model, final_sparsity=0.8)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
+    history.history["sparsity"]   # per epoch
+    ```
+    """
+
+    def __init__(self, verbose=1):
+        super().__init__()
+        self.verbose = verbose
+        self.plan = []
+        self._pruning_steps = tfmot.sparsity.keras.UpdatePruningStep()
+        self._steps_per_epoch = None
+        self._first_epoch = True
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._pruning_steps.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self._pruning_steps.on_train_begin(logs)
+        wrappers = self._pruning_steps.prunable_layers
+        self._steps_per_epoch = self.params.get("steps")
+        epochs = self.params.get("epochs")
+        total = self._steps_per_epoch * epochs if self._steps_per_epoch and epochs else None
+        self.plan = []
+        for schedule in _unique(w.pruning_schedule for w in wrappers):
+            if not hasattr(schedule, "resolve"):
+                continue  # a tfmot schedule with its own step numbers
+            if schedule.needs_fit_length and total is None:
+                raise ValueError(
+                    "tfc.CompressionCallback cannot lay the pruning schedule over this fit: its "
+                    "length is unknown (a dataset of unknown size and no `steps_per_epoch`). "
+                    "Pass `steps_per_epoch=` to fit(), or give tfc.prune absolute step numbers "
+                    "for `begin` and `end`."
+                )
+            begin, end, frequency = schedule.resolve(total)
+            layers = [w.layer.name for w in wrappers if w.pruning_schedule is schedule]
+            self.plan.append(
+                {
+                    "compression": "pruning",
+                    "layers": layers,
+                    "final_sparsity": schedule.final_sparsity,
+                    "begin_step": begin,
+                    "end_step": end,
+                    "frequency": frequency,
+                    "total_steps": total,
+                }
+            )
+            if total is not None and end > total:
+                logging.warning(
+                    "Pruning ends at step %d but this fit has %d steps: the target sparsity "
+                    "will not be reached in this fit.", end, total,
+                )
+        if not wrappers:
+            logging.warning(
+                "tfc.CompressionCallback found no compression wrapper in the model. Pass the "
+                "model returned by tfc.prune (not the original) to fit()."
+            )
+        attach_sparsity_report(self.model)
+        self._first_epoch = True
+        if self.verbose and self.params.get("verbose", 1):
+            for entry in self.plan:
+                print(_describe(entry))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # fit(initial_epoch=k) on a model whose counters are behind: start the schedule at epoch k.
+        if self._first_epoch and self._steps_per_epoch:
+            start = epoch * self._steps_per_epoch
+            updates = [
+                (w.pruning_step, start)
+                for w in self._pruning_steps.prunable_layers
+                if keras.backend.get_value(w.pruning_step) < start
+            ]
+            keras.backend.batch_set_value(updates)
+        self._first_epoch = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The optimizer moves masked weights off zero after the last mask multiply: re-apply masks.
+        self._pruning_steps.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._pruning_steps.on_epoch_end(None, logs)
+
+
+def _unique(items):
+    seen = []
+    for item in items:
+        if not any(item is s for s in seen):
+            seen.append(item)
+    return seen
+
+
+def _describe(entry):
+    layers = entry["layers"]
+    names = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    total = f" of {entry['total_steps']}" if entry["total_steps"] else ""
+    return (
+        f"tfcompress: pruning {len(layers)} layer(s) ({names}) to "
+        f"{entry['final_sparsity']:.0%} sparsity over steps {entry['begin_step']}-"
+        f"{entry['end_step']}{total}, mask update every {entry['frequency']} step(s)"
+    )
+

@@ -1,0 +1,5 @@
+"""Magnitude pruning scheduled inside `fit` (tfmot's wrappers, fit-aware schedules)."""
+
+from tfcompress.pruning.prune import prune
+from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay
+from tfcompress.pruning.wrapper import PruneLowMagnitude

@@ -1,0 +1,213 @@
+"""`prune`: wrap a model's layers with tfmot pruning wrappers, scheduled by the fit."""
+
+from absl import logging
+from tensorflow_model_optimization.python.core.sparsity.keras import (
+    prunable_layer,
+    prune_registry,
+    pruning_wrapper,
+)
+
+from tfcompress._keras import check_model, keras
+from tfcompress._layers import layer_selector, per_layer_value
+from tfcompress._metrics import CurrentValue
+from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, _validate_sparsity
+from tfcompress.pruning.wrapper import PruneLowMagnitude
+
+DEFAULT_SPARSITY = 0.8
+
+
+def prunable_weight_names(layer):
+    """Names of the weights tfmot prunes in `layer`; [] when it prunes none."""
+    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+        return ["(custom)"]
+    if not prune_registry.PruneRegistry.supports(layer):
+        return None
+    if layer.__class__ in prune_registry.PruneRegistry._LAYERS_WEIGHTS_MAP:
+        return list(prune_registry.PruneRegistry._weight_names(layer))
+    return ["(recurrent)"]
+
+
+def _check_m_by_n(m_by_n):
+    try:
+        m, n = (int(v) for v in m_by_n)
+    except (TypeError, ValueError):
+        raise TypeError(f"`m_by_n` must be a pair of ints such as (2, 4); got {m_by_n!r}.") from None
+    if not 0 < m < n:
+        raise ValueError(f"`m_by_n=(m, n)` needs 0 < m < n (m zeros in every n weights); got {m_by_n!r}.")
+    return m, n
+
+
+def attach_sparsity_report(model):
+    """Makes `model` report its overall sparsity as the `sparsity` metric.
+
+    The last pruning wrapper computes the share of masked weights over every
+    pruned layer, so the progress bar, History, CSVLogger and TensorBoard show
+    it without extra code. Does nothing when already attached or not pruned.
+    """
+    wrappers = [w for w in pruning_wrapper.collect_prunable_layers(model) if isinstance(w, PruneLowMagnitude)]
+    if not wrappers or any(getattr(w, "_tfc_sparsity_report", None) for w in wrappers):
+        return
+    masks = [mask for w in wrappers for _, mask, _ in w.pruning_vars]
+    if not masks:
+        return
+    # Plain attribute: tracking would add the metric's variable to the layer's weights.
+    object.__setattr__(wrappers[-1], "_tfc_sparsity_report", (CurrentValue("sparsity"), masks))
+
+
+def prune(
+    model,
+    final_sparsity=None,
+    *,
+    initial_sparsity=0.0,
+    begin=0.0,
+    end=0.75,
+    schedule="polynomial",
+    power=3,
+    frequency=None,
+    m_by_n=None,
+    layers=None,
+    layer_sparsity=None,
+):
+    """Returns a copy of `model` whose layers are pruned by magnitude during `fit`.
+
+    Each chosen layer is wrapped with tfmot's `PruneLowMagnitude`; its kernel's
+    smallest weights are masked to zero following the schedule. The schedule is
+    laid over the fit that trains the model: add `tfc.CompressionCallback()` to
+    `fit`, and by `end` every pruned layer holds exactly its target sparsity.
+    The original model is left untouched.
+
+    Arguments:
+        model: a built Sequential or functional tf_keras model.
+        final_sparsity: share of each pruned kernel set to zero at `end`, in
+            [0, 1). Defaults to 0.8 (not allowed with `m_by_n`).
+        initial_sparsity: sparsity at `begin` (polynomial schedule only).
+        begin: when pruning starts: a fraction of the fit (float in [0, 1]) or
+            an optimizer step (int).
+        end: when the target is reached: a fraction of the fit or a step.
+        schedule: `"polynomial"` (tfmot's polynomial decay, `power=3`) or
+            `"constant"` (the target at once from `begin`), or a
+            `tfc.pruning.PolynomialDecay` / `ConstantSparsity` instance.
+        power: exponent of the polynomial schedule.
+        frequency: optimizer steps between mask updates. None chooses about 20
+            updates over the span, and a last one always happens at `end`.
+        m_by_n: `(m, n)` structured sparsity, e.g. `(2, 4)`: m zeros in every
+            block of n consecutive weights along the input channels (tfmot's
+            M:N pruning; Dense and Conv2D kernels). The pattern is set at the
+            first training step.
+        layers: which layers to prune: None (every layer with a kernel tfmot can
+            prune; DepthwiseConv2D and BatchNorm are left dense), names, layer
+            classes, or a predicate `layer -> bool`.
+        layer_sparsity: per-layer targets, `{name or layer class: sparsity}`,
+            overriding `final_sparsity` for those layers.
+
+    Returns:
+        A new tf_keras model with pruning wrappers (compile it before `fit`).
+
+    Example:
+
+    ```python
+    pruned = tfc.prune(model, final_sparsity=0.8, layer_sparsity={"logits": 0.5})
+    pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    pruned.fit(x, y, epochs=3, callbacks=[tfc.CompressionCallback()])
+    final = tfc.strip(pruned)
+    ```
+    """
+    check_model(model, "tfc.prune")
+    if m_by_n is not None:
+        m, n = _check_m_by_n(m_by_n)
+        if final_sparsity is not None or layer_sparsity:
+            raise ValueError(
+                f"`m_by_n={m_by_n}` fixes the sparsity at {m}/{n}; drop `final_sparsity` / `layer_sparsity`."
+            )
+        final_sparsity = m / n
+        m_by_n = (m, n)
+    elif final_sparsity is None:
+        final_sparsity = DEFAULT_SPARSITY
+    final_sparsity = _validate_sparsity(final_sparsity, "final_sparsity")
+    _validate_sparsity(initial_sparsity, "initial_sparsity")
+
+    schedules = {}
+
+    def schedule_for(target):
+        if not isinstance(schedule, str):
+            return schedule
+        if target not in schedules:
+            if schedule == "polynomial":
+                schedules[target] = PolynomialDecay(initial_sparsity, target, begin, end, power, frequency)
+            elif schedule == "constant":
+                schedules[target] = ConstantSparsity(target, begin, end, frequency)
+            else:
+                raise ValueError(f"`schedule` must be 'polynomial' or 'constant'; got {schedule!r}.")
+        return schedules[target]
+
+    if not isinstance(schedule, str) and not isinstance(schedule, (PolynomialDecay, ConstantSparsity)):
+        raise TypeError(
+            "`schedule` must be 'polynomial', 'constant', or a tfc.pruning.PolynomialDecay / "
+            f"ConstantSparsity instance; got {schedule!r}."
+        )
+    chosen = layer_selector(model, layers)
+    target_for = per_layer_value(model, layer_sparsity, final_sparsity, "layer_sparsity")
+    for target in (layer_sparsity or {}).values():
+        _validate_sparsity(target, "layer_sparsity")
+    copies = []
+    skipped = []
+
+    def wrap(layer):
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            raise ValueError(
+                f"Layer {layer.name!r} is already pruned. Prune a model once; to change the "
+                "schedule, call tfc.strip(model) first and prune the result."
+            )
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=wrap)
+        copy = layer.__class__.from_config(layer.get_config())
+        copies.append((layer, copy))
+        if chosen is not None and not chosen(layer):
+            return copy
+        weights = prunable_weight_names(layer)
+        if not weights:
+            if chosen is not None:
+                reason = (
+                    "tfmot prunes none of its weights (it leaves DepthwiseConv2D, normalization "
+                    "and weightless layers dense)"
+                    if weights == []
+                    else "tfmot does not support it; implement "
+                    "tfmot.sparsity.keras.PrunableLayer (get_prunable_weights) on it"
+                )
+                raise ValueError(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) cannot be pruned: {reason}. "
+                    "Leave it out of `layers=`."
+                )
+            if weights is None and layer.weights:
+                skipped.append(layer.name)
+            return copy
+        return PruneLowMagnitude(
+            copy, pruning_schedule=schedule_for(_validate_sparsity(target_for(layer), "layer_sparsity")),
+            sparsity_m_by_n=m_by_n,
+        )
+
+    try:
+        pruned = keras.models.clone_model(model, clone_function=wrap)
+    except ValueError as error:
+        if "m_by_n" in str(error) or "sparsity" in str(error).lower():
+            raise ValueError(
+                f"tfmot cannot apply m_by_n={m_by_n} here: {error} Choose the layers with "
+                "`layers=` (Dense and Conv2D kernels whose input size is a multiple of n)."
+            ) from error
+        raise
+    for original, copy in copies:
+        copy.set_weights(original.get_weights())
+    wrappers = pruning_wrapper.collect_prunable_layers(pruned)
+    if not wrappers:
+        raise ValueError(
+            "tfc.prune found no layer to prune in this model (tfmot prunes Dense, Conv, "
+            "Embedding, recurrent and attention kernels)."
+        )
+    if skipped:
+        logging.warning(
+            "tfc.prune left these layers dense because tfmot cannot prune them: %s. "
+            "Implement tfmot.sparsity.keras.PrunableLayer on them to prune them.",
+            ", ".join(skipped),
+        )
+    attach_sparsity_report(pruned)
+    return pruned

@@ -1,0 +1,178 @@
+"""Pruning schedules resolved from the fit they run in.
+
+They are tfmot `PruningSchedule`s, so tfmot's wrappers and mask updates use them
+unchanged. Two things differ from tfmot's own schedules:
+
+* `begin` / `end` may be fractions of the fit; `CompressionCallback` turns them
+  into steps when `fit` starts (tfmot needs hand-computed step numbers).
+* The mask-update frequency defaults to about 20 updates over the pruning span,
+  and a final update always happens exactly at `end`, so even a fit of a few
+  dozen steps reaches the target (tfmot's `frequency=100` never prunes there).
+
+The resolved steps live in `tf.Variable`s, so a traced `train_function` reused
+by a later `fit` sees the new values.
+"""
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from tfcompress.steps import is_fraction, resolve_point, validate_point
+
+# Mask updates over the pruning span when `frequency` is not given.
+_UPDATES_PER_SPAN = 20
+_MAX_FREQUENCY = 100
+
+
+def _validate_sparsity(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a float in [0, 1); got {value!r}.")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1) (a fraction of weights set to zero); got {value}."
+        )
+    return float(value)
+
+
+class _FitSchedule(tfmot.sparsity.keras.PruningSchedule):
+    """Shared step handling of the schedules below."""
+
+    def __init__(self, begin, end, frequency):
+        self.begin = validate_point(begin, "begin")
+        self.end = validate_point(end, "end")
+        if is_fraction(self.begin) == is_fraction(self.end) and self.begin > self.end:
+            raise ValueError(f"`begin` ({begin}) must not come after `end` ({end}).")
+        if frequency is not None and (
+            isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1
+        ):
+            raise ValueError(f"`frequency` must be an int >= 1 or None (automatic); got {frequency!r}.")
+        self.frequency = frequency
+        self._begin_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="begin_step")
+        self._end_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="end_step")
+        self._frequency = tf.Variable(1, dtype=tf.int64, trainable=False, name="frequency")
+        self.steps = None
+        if not is_fraction(self.begin) and not is_fraction(self.end):
+            self.resolve(None)
+
+    @property
+    def needs_fit_length(self):
+        """True when a point is a fraction, so the fit's length is needed."""
+        return is_fraction(self.begin) or is_fraction(self.end)
+
+    @property
+    def resolved(self):
+        return self.steps is not None
+
+    def resolve(self, total_steps):
+        """Fixes the schedule's steps for a fit of `total_steps` optimizer steps.
+
+        Returns:
+            `(begin_step, end_step, frequency)`.
+        """
+        begin = resolve_point(self.begin, total_steps)
+        end = resolve_point(self.end, total_steps)
+        if begin > end:
+            raise ValueError(
+                f"The pruning schedule begins at step {begin} but ends at step {end}; "
+                "`begin` must not come after `end`."
+            )
+        frequency = self.frequency or max(1, min(_MAX_FREQUENCY, round((end - begin) / _UPDATES_PER_SPAN)))
+        self._begin_step.assign(begin)
+        self._end_step.assign(end)
+        self._frequency.assign(frequency)
+        self.steps = (begin, end, frequency)
+        return self.steps
+
+    def _should_prune(self, step):
+        step = tf.cast(step, tf.int64)
+        in_span = tf.logical_and(step >= self._begin_step, step <= self._end_step)
+        on_turn = tf.logical_or(
+            tf.equal(tf.math.floormod(step - self._begin_step, self._frequency), 0),
+            tf.equal(step, self._end_step),
+        )
+        return tf.logical_and(in_span, on_turn)
+
+    def _progress(self, step):
+        span = tf.cast(tf.maximum(self._end_step - self._begin_step, 1), tf.float32)
+        done = tf.cast(tf.cast(step, tf.int64) - self._begin_step, tf.float32) / span
+        return tf.clip_by_value(done, 0.0, 1.0)
+
+    def _step_config(self):
+        return {"begin": self.begin, "end": self.end, "frequency": self.frequency}
+
+
+class PolynomialDecay(_FitSchedule):
+    """Sparsity rises from `initial_sparsity` to `final_sparsity` along a polynomial.
+
+    `sparsity(t) = final + (initial - final) * (1 - t) ** power`, with `t` the
+    progress from `begin` to `end` (the schedule of Zhu & Gupta, 2017, as in tfmot).
+
+    Arguments:
+        initial_sparsity: sparsity at `begin`, in [0, 1).
+        final_sparsity: sparsity reached at `end` and kept after, in [0, 1).
+        begin: when pruning starts: a fraction of the fit (float) or a step (int).
+        end: when the target is reached: a fraction of the fit (float) or a step (int).
+        power: exponent of the decay; 3 prunes fast early and gently near the end.
+        frequency: optimizer steps between mask updates; None picks about 20
+            updates over the span. A last update always happens at `end`.
+
+    Example:
+
+    >>> schedule = PolynomialDecay(0.0, 0.8, begin=0.1, end=0.7)
+    >>> schedule.resolve(total_steps=100)
+    (10, 70, 3)
+    """
+
+    def __init__(self, initial_sparsity=0.0, final_sparsity=0.8, begin=0.0, end=0.75, power=3, frequency=None):
+        self.initial_sparsity = _validate_sparsity(initial_sparsity, "initial_sparsity")
+        self.final_sparsity = _validate_sparsity(final_sparsity, "final_sparsity")
+        if not power > 0:
+            raise ValueError(f"`power` must be > 0; got {power}.")
+        self.power = power
+        super().__init__(begin, end, frequency)
+
+    def __call__(self, step):
+        remaining = tf.pow(1.0 - self._progress(step), float(self.power))
+        sparsity = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * remaining
+        return self._should_prune(step), sparsity
+
+    def get_config(self):
+        return {
+            "class_name": self.__class__.__name__,
+            "config": {
+                "initial_sparsity": self.initial_sparsity,
+                "final_sparsity": self.final_sparsity,
+                "power": self.power,
+                **self._step_config(),
+            },
+        }
+
+
+class ConstantSparsity(_FitSchedule):
+    """Prunes to `target_sparsity` at once from `begin`, refreshing masks until `end`.
+
+    Arguments:
+        target_sparsity: sparsity applied at every mask update, in [0, 1).
+        begin: first mask update: a fraction of the fit (float) or a step (int).
+        end: last mask update: a fraction of the fit (float) or a step (int).
+        frequency: optimizer steps between mask updates; None picks about 20.
+    """
+
+    def __init__(self, target_sparsity=0.8, begin=0.0, end=0.75, frequency=None):
+        self.target_sparsity = _validate_sparsity(target_sparsity, "target_sparsity")
+        super().__init__(begin, end, frequency)
+
+    @property
+    def final_sparsity(self):
+        return self.target_sparsity
+
+    def __call__(self, step):
+        return self._should_prune(step), tf.constant(self.target_sparsity, tf.float32)
+
+    def get_config(self):
+        return {
+            "class_name": self.__class__.__name__,
+            "config": {"target_sparsity": self.target_sparsity, **self._step_config()},
+        }
+
+
+SCHEDULES = {"PolynomialDecay": PolynomialDecay, "ConstantSparsity": ConstantSparsity}

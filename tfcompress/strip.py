@@ -1,0 +1,39 @@
+"""`strip`: the plain tf_keras model left after compression."""
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfcompress._keras import check_model, keras
+
+
+def strip(model):
+    """Returns a plain tf_keras model holding `model`'s compressed weights.
+
+    Pruning wrappers are removed and their masks applied, so the zeros stay.
+    The result shares nothing with `model`: training either one later does
+    not change the other. It saves to `.keras` / `.h5` / SavedModel and loads
+    back with plain `tf_keras.models.load_model`. It is not compiled.
+
+    Arguments:
+        model: a model returned by `tfc.prune` (trained or not), or any
+            Sequential/functional tf_keras model.
+
+    Returns:
+        A new, uncompiled tf_keras model.
+
+    Example:
+
+    ```python
+    final = tfc.strip(pruned)
+    final.save("model.keras")
+    ```
+    """
+    check_model(model, "tfc.strip")
+    for wrapper in pruning_wrapper.collect_prunable_layers(model):
+        if wrapper.built:
+            wrapper.pruning_obj.weight_mask_op()
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    # tfmot's strip returns the training model's own layer objects; copy them.
+    plain = keras.models.clone_model(stripped)
+    plain.set_weights(stripped.get_weights())
+    return plain

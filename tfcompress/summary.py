@@ -1,0 +1,136 @@
+"""`summary`: what compression did to each layer, as a table and as data."""
+
+import dataclasses
+import gzip
+
+import numpy as np
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfcompress._keras import keras
+
+
+@dataclasses.dataclass
+class LayerSummary:
+    """One layer's numbers. `sparsity` is over its kernels (weights of rank >= 2)."""
+
+    name: str
+    layer_type: str
+    params: int
+    nonzero: int
+    sparsity: float
+    bits: float
+    bytes: int
+    gzip_bytes: int
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ModelSummary:
+    """Per-layer rows and a totals row; `str()` is the printed table."""
+
+    rows: list
+    total: LayerSummary
+
+    def as_dict(self):
+        return {"layers": [row.as_dict() for row in self.rows], "total": self.total.as_dict()}
+
+    def __str__(self):
+        header = ("layer", "type", "params", "nonzero", "sparsity", "bits", "bytes", "gzip bytes")
+        lines = [_row_cells(row) for row in self.rows]
+        total = _row_cells(self.total)
+        widths = [max(len(cells[i]) for cells in [header, total, *lines]) for i in range(len(header))]
+
+        def fmt(cells):
+            left = [cells[i].ljust(widths[i]) for i in range(2)]
+            right = [cells[i].rjust(widths[i]) for i in range(2, len(cells))]
+            return "  ".join(left + right)
+
+        rule = "-" * len(fmt(header))
+        return "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(total)])
+
+
+def _row_cells(row):
+    return (
+        row.name,
+        row.layer_type,
+        f"{row.params:,}",
+        f"{row.nonzero:,}",
+        f"{row.sparsity:.1%}",
+        f"{row.bits:g}",
+        f"{row.bytes:,}",
+        f"{row.gzip_bytes:,}",
+    )
+
+
+def _effective_weights(layer):
+    """The layer's weights as the model computes with them (masks applied)."""
+    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+        masks = {id(weight): mask for weight, mask, _ in layer.pruning_vars}
+        return layer.layer.__class__.__name__, [
+            weight.numpy() * masks[id(weight)].numpy() if id(weight) in masks else weight.numpy()
+            for weight in layer.layer.weights
+        ]
+    return layer.__class__.__name__, [weight.numpy() for weight in layer.weights]
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _summarize(name, layer_type, arrays):
+    kernels = [a for a in arrays if a.ndim >= 2] or arrays
+    params = sum(a.size for a in arrays)
+    raw = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+    kernel_size = sum(a.size for a in kernels)
+    return LayerSummary(
+        name=name,
+        layer_type=layer_type,
+        params=int(params),
+        nonzero=int(sum(np.count_nonzero(a) for a in arrays)),
+        sparsity=float(sum(a.size - np.count_nonzero(a) for a in kernels) / kernel_size) if kernel_size else 0.0,
+        bits=8.0 * len(raw) / params if params else 0.0,
+        bytes=len(raw),
+        gzip_bytes=len(gzip.compress(raw, compresslevel=9, mtime=0)),
+    )
+
+
+def summary(model, print_fn=print):
+    """Prints and returns each layer's parameters, zeros, bits and compressed size.
+
+    Works on wrapped models (masks applied, as the model computes) and on
+    stripped ones. Layers without weights are left out.
+
+    Arguments:
+        model: a tf_keras model, compressed or not.
+        print_fn: where the table goes (`print` by default; None prints nothing).
+
+    Returns:
+        A `ModelSummary`: `.rows` (one `LayerSummary` per layer with weights),
+        `.total`, `.as_dict()` for JSON, and `str()` for the table.
+
+    Example:
+
+    ```python
+    info = tfc.summary(tfc.strip(pruned))
+    info.total.sparsity, info.total.gzip_bytes
+    ```
+    """
+    rows, arrays = [], []
+    for layer in _leaf_layers(model):
+        layer_type, weights = _effective_weights(layer)
+        if not weights:
+            continue
+        name = layer.layer.name if isinstance(layer, pruning_wrapper.PruneLowMagnitude) else layer.name
+        rows.append(_summarize(name, layer_type, weights))
+        arrays.extend(weights)
+    total = _summarize("total", "", arrays)
+    result = ModelSummary(rows=rows, total=total)
+    if print_fn is not None:
+        print_fn(str(result))
+    return result
