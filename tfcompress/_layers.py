@@ -32,6 +32,19 @@ def _check_keys(model, keys, argument):
             )
 
 
+def _as_keys(layers):
+    if isinstance(layers, (str, type)):
+        return [layers]
+    return list(layers)
+
+
+def named_layers(layers):
+    """The layer names a `layers=` argument lists explicitly (none for a predicate)."""
+    if layers is None or (callable(layers) and not isinstance(layers, type)):
+        return set()
+    return {key for key in _as_keys(layers) if isinstance(key, str)}
+
+
 def layer_selector(model, layers, argument="layers"):
     """Returns `predicate(layer) -> bool` for a user's `layers=` argument, or None.
 
@@ -45,9 +58,7 @@ def layer_selector(model, layers, argument="layers"):
         return None
     if callable(layers) and not isinstance(layers, type):
         return layers
-    if isinstance(layers, (str, type)):
-        layers = [layers]
-    keys = list(layers)
+    keys = _as_keys(layers)
     _check_keys(model, keys, argument)
     return lambda layer: any(_key_matches(layer, key) for key in keys)
 

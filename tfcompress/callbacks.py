@@ -2,6 +2,7 @@
 
 from absl import logging
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
 from tfcompress.pruning.prune import attach_sparsity_report
@@ -44,8 +45,7 @@ class CompressionCallback(keras.callbacks.Callback):
         self._pruning_steps.set_model(model)
 
     def on_train_begin(self, logs=None):
-        self._pruning_steps.on_train_begin(logs)
-        wrappers = self._pruning_steps.prunable_layers
+        wrappers = pruning_wrapper.collect_prunable_layers(self.model)
         self._steps_per_epoch = self.params.get("steps")
         epochs = self.params.get("epochs")
         total = self._steps_per_epoch * epochs if self._steps_per_epoch and epochs else None
@@ -83,6 +83,8 @@ class CompressionCallback(keras.callbacks.Callback):
                 "tfc.CompressionCallback found no compression wrapper in the model. Pass the "
                 "model returned by tfc.prune (not the original) to fit()."
             )
+        # Counters move only once every schedule is known to resolve.
+        self._pruning_steps.on_train_begin(logs)
         attach_sparsity_report(self.model)
         self._first_epoch = True
         if self.verbose and self.params.get("verbose", 1):

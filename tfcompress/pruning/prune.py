@@ -8,7 +8,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 )
 
 from tfcompress._keras import check_model, keras
-from tfcompress._layers import layer_selector, per_layer_value
+from tfcompress._layers import layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import CurrentValue
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude
@@ -146,6 +146,8 @@ def prune(
             f"ConstantSparsity instance; got {schedule!r}."
         )
     chosen = layer_selector(model, layers)
+    # Layers asked for by name must be prunable; classes and predicates just skip the rest.
+    named = named_layers(layers)
     target_for = per_layer_value(model, layer_sparsity, final_sparsity, "layer_sparsity")
     for target in (layer_sparsity or {}).values():
         _validate_sparsity(target, "layer_sparsity")
@@ -166,7 +168,7 @@ def prune(
             return copy
         weights = prunable_weight_names(layer)
         if not weights:
-            if chosen is not None:
+            if layer.name in named:
                 reason = (
                     "tfmot prunes none of its weights (it leaves DepthwiseConv2D, normalization "
                     "and weightless layers dense)"

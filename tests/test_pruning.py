@@ -1,0 +1,217 @@
+"""tfc.prune + tfc.CompressionCallback on real digits models."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import cnn_digits_model, compile_classifier, dense_digits_model
+
+import tfcompress as tfc
+from tfcompress._keras import keras
+from tfcompress.pruning import PruneLowMagnitude
+
+
+def kernel_sparsity(layer):
+    """Zero share of the kernel a pruned (wrapped) layer computes with."""
+    (weight, mask, _), = layer.pruning_vars
+    return 1.0 - np.count_nonzero(weight.numpy() * mask.numpy()) / weight.shape.num_elements()
+
+
+def wrappers(model):
+    return [layer for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
+
+
+def fit(model, data, epochs, batch_size=64, **kwargs):
+    x, y, _, _ = data
+    kwargs.setdefault("callbacks", [tfc.CompressionCallback()])
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, **kwargs)
+
+
+def test_short_fit_reaches_target_on_every_layer(digits):
+    # 2 epochs of 22 steps: tfmot's default frequency=100 would never prune here.
+    model = compile_classifier(tfc.prune(cnn_digits_model(), final_sparsity=0.8))
+    fit(model, digits, epochs=2)
+    assert {w.layer.name for w in wrappers(model)} == {"conv1", "conv2", "dense", "logits"}
+    for layer in wrappers(model):
+        assert kernel_sparsity(layer) == pytest.approx(0.8, abs=0.01), layer.name
+
+
+def test_pruned_accuracy_close_to_dense_twin(digits):
+    x, y, x_test, y_test = digits
+    dense = compile_classifier(dense_digits_model(seed=1), learning_rate=3e-3)
+    dense.fit(x, y, epochs=12, batch_size=32, verbose=0)
+    _, dense_accuracy = dense.evaluate(x_test, y_test, verbose=0)
+
+    pruned = compile_classifier(tfc.prune(dense_digits_model(seed=1), 0.8), learning_rate=3e-3)
+    pruned.fit(x, y, epochs=12, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback()])
+    final = compile_classifier(tfc.strip(pruned))
+    _, pruned_accuracy = final.evaluate(x_test, y_test, verbose=0)[:2]
+    assert tfc.summary(final, print_fn=None).total.sparsity > 0.75
+    assert dense_accuracy > 0.9
+    assert pruned_accuracy >= dense_accuracy - 0.03
+
+
+def test_two_four_pattern_block_by_block(digits):
+    model = compile_classifier(tfc.prune(dense_digits_model(), m_by_n=(2, 4)))
+    fit(model, digits, epochs=1)
+    final = tfc.strip(model)
+    for name in ("hidden1", "hidden2"):
+        kernel = final.get_layer(name).kernel.numpy()  # (inputs, units)
+        blocks = kernel.T.reshape(kernel.shape[1], -1, 4)  # 4 consecutive input weights per unit
+        zeros = (blocks == 0).sum(axis=-1)
+        assert (zeros >= 2).all(), name
+        assert (zeros == 2).mean() > 0.99, name
+
+
+def test_per_layer_targets_and_layer_choice(digits):
+    model = dense_digits_model()
+    by_target = compile_classifier(tfc.prune(model, 0.8, layer_sparsity={"logits": 0.5}))
+    fit(by_target, digits, epochs=2)
+    sparsity = {w.layer.name: kernel_sparsity(w) for w in wrappers(by_target)}
+    assert sparsity["logits"] == pytest.approx(0.5, abs=0.01)
+    assert sparsity["hidden1"] == pytest.approx(0.8, abs=0.01)
+
+    only_first = tfc.prune(model, 0.6, layers=["hidden1"])
+    assert [w.layer.name for w in wrappers(only_first)] == ["hidden1"]
+    by_predicate = tfc.prune(model, 0.6, layers=lambda layer: layer.name != "logits")
+    assert [w.layer.name for w in wrappers(by_predicate)] == ["hidden1", "hidden2"]
+
+
+def test_constant_schedule_reaches_target(digits):
+    model = compile_classifier(tfc.prune(dense_digits_model(), 0.7, schedule="constant", begin=0.25))
+    history = fit(model, digits, epochs=4)
+    assert history.history["sparsity"][0] == pytest.approx(0.7, abs=0.01)
+    for layer in wrappers(model):
+        assert kernel_sparsity(layer) == pytest.approx(0.7, abs=0.01)
+
+
+def test_original_model_is_untouched(digits):
+    model = dense_digits_model()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = compile_classifier(tfc.prune(model, 0.8))
+    fit(pruned, digits, epochs=1)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_logs_history_and_csv_contain_sparsity(digits, tmp_path):
+    model = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=0.5))
+    csv_path = tmp_path / "log.csv"
+    history = fit(model, digits, epochs=4, callbacks=[tfc.CompressionCallback(), keras.callbacks.CSVLogger(str(csv_path))])
+    sparsity = history.history["sparsity"]
+    assert len(sparsity) == 4
+    assert sparsity[0] < sparsity[1] <= sparsity[2] == pytest.approx(0.8, abs=0.01)
+    header, *rows = csv_path.read_text().splitlines()
+    column = header.split(",").index("sparsity")
+    assert float(rows[-1].split(",")[column]) == pytest.approx(0.8, abs=0.01)
+
+
+def test_initial_epoch_resume_continues_the_schedule(digits):
+    epochs = 4
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    straight = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
+    expected = fit(straight, digits, epochs, shuffle=False).history["sparsity"]
+
+    resumed = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
+    first = fit(resumed, digits, epochs, shuffle=False, callbacks=[tfc.CompressionCallback(), StopAfterTwo()])
+    second = fit(resumed, digits, epochs, shuffle=False, initial_epoch=2)
+    assert len(first.history["sparsity"]) == 2
+    np.testing.assert_allclose(first.history["sparsity"] + second.history["sparsity"], expected, atol=1e-4)
+    assert expected[-1] == pytest.approx(0.8, abs=0.01)
+    assert expected[1] < 0.79  # still ramping where the fit was cut
+
+    # A model whose counters start fresh is put at epoch 2 of the schedule too.
+    fresh = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
+    late = fit(fresh, digits, epochs, shuffle=False, initial_epoch=2)
+    np.testing.assert_allclose(late.history["sparsity"], expected[2:], atol=1e-4)
+
+
+def test_absolute_steps(digits):
+    model = compile_classifier(tfc.prune(dense_digits_model(), 0.5, begin=3, end=10, frequency=1))
+    callback = tfc.CompressionCallback()
+    fit(model, digits, epochs=1, callbacks=[callback])
+    assert callback.plan[0]["begin_step"] == 3 and callback.plan[0]["end_step"] == 10
+    for layer in wrappers(model):
+        assert kernel_sparsity(layer) == pytest.approx(0.5, abs=0.01)
+
+
+def test_forgetting_the_callback_names_it(digits):
+    model = compile_classifier(tfc.prune(dense_digits_model(), 0.8))
+    with pytest.raises(RuntimeError, match="CompressionCallback"):
+        fit(model, digits, epochs=1, callbacks=[])
+    absolute = compile_classifier(tfc.prune(dense_digits_model(), 0.8, begin=0, end=20))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CompressionCallback"):
+        fit(absolute, digits, epochs=1, callbacks=[])
+
+
+def test_unknown_length_dataset_fails_at_fit_start(digits):
+    x, y, _, _ = digits
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).filter(lambda a, b: True)
+    model = compile_classifier(tfc.prune(dense_digits_model(), 0.8))
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    model.fit(dataset.repeat(), epochs=2, steps_per_epoch=10, verbose=0, callbacks=[tfc.CompressionCallback()])
+    for layer in wrappers(model):
+        assert kernel_sparsity(layer) == pytest.approx(0.8, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"final_sparsity": 1.0}, ValueError, r"\[0, 1\)"),
+        ({"final_sparsity": -0.1}, ValueError, r"\[0, 1\)"),
+        ({"begin": 0.8, "end": 0.2}, ValueError, "must not come after"),
+        ({"begin": -3}, ValueError, ">= 0"),
+        ({"end": 1.5}, ValueError, "fraction"),
+        ({"schedule": "cosine"}, ValueError, "polynomial"),
+        ({"frequency": 0}, ValueError, "frequency"),
+        ({"m_by_n": (4, 2)}, ValueError, "0 < m < n"),
+        ({"m_by_n": (2, 4), "final_sparsity": 0.8}, ValueError, "drop `final_sparsity`"),
+        ({"layers": ["no_such_layer"]}, ValueError, "Layer names are"),
+        ({"layer_sparsity": {"logits": 1.2}}, ValueError, r"\[0, 1\)"),
+    ],
+)
+def test_bad_arguments_name_the_fix(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tfc.prune(dense_digits_model(), **kwargs)
+
+
+def test_layer_that_cannot_be_pruned_is_named():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+    with pytest.raises(ValueError, match="'depthwise'.*cannot be pruned"):
+        tfc.prune(model, 0.5, layers=["depthwise"])
+    pruned = tfc.prune(model, 0.5)  # by default the depthwise kernel is left dense
+    assert [w.layer.name for w in wrappers(pruned)] == ["logits"]
+
+
+def test_keras3_subclassed_and_unbuilt_models_are_refused():
+    import keras as keras3
+
+    k3 = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    with pytest.raises(TypeError, match="tf_keras"):
+        tfc.prune(k3, 0.5)
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 4), "float32"))
+    with pytest.raises(TypeError, match="subclassed"):
+        tfc.prune(subclassed, 0.5)
+    with pytest.raises(ValueError, match="not built"):
+        tfc.prune(keras.Sequential([keras.layers.Dense(2)]), 0.5)
