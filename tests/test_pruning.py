@@ -215,3 +215,35 @@ def test_keras3_subclassed_and_unbuilt_models_are_refused():
         tfc.prune(subclassed, 0.5)
     with pytest.raises(ValueError, match="not built"):
         tfc.prune(keras.Sequential([keras.layers.Dense(2)]), 0.5)
+
+
+def test_callback_drives_scheduled_parts_step_by_step(digits):
+    from tfcompress.scheduling import Scheduled
+
+    class Recorder(keras.layers.Layer, Scheduled):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.steps, self.totals = [], []
+
+        def resolve_schedule(self, total_steps):
+            self.totals.append(total_steps)
+            return [{"compression": "recorder", "description": f"recorder over {total_steps} steps"}]
+
+        def on_schedule_step(self, step):
+            self.steps.append(step)
+
+        def call(self, inputs):
+            return inputs
+
+    inputs = keras.Input((8, 8, 1))
+    recorder = Recorder()
+    x = keras.layers.Flatten()(recorder(inputs))
+    model = compile_classifier(keras.Model(inputs, keras.layers.Dense(10)(x)))
+    callback = tfc.CompressionCallback()
+    fit(model, digits, epochs=2, callbacks=[callback])  # 22 steps per epoch
+    assert recorder.totals == [44]
+    assert recorder.steps == list(range(44))
+    assert callback.plan == [{"compression": "recorder", "description": "recorder over 44 steps"}]
+    fit(model, digits, epochs=3, initial_epoch=2, callbacks=[callback])
+    assert recorder.totals == [44, 66]
+    assert recorder.steps[44:] == list(range(44, 66))

@@ -6,6 +6,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfcompress._keras import keras
 from tfcompress.pruning.prune import attach_sparsity_report
+from tfcompress.scheduling import scheduled_parts
 
 
 class CompressionCallback(keras.callbacks.Callback):
@@ -39,6 +40,8 @@ class CompressionCallback(keras.callbacks.Callback):
         self._pruning_steps = tfmot.sparsity.keras.UpdatePruningStep()
         self._steps_per_epoch = None
         self._first_epoch = True
+        self._parts = []
+        self._step = 0
 
     def set_model(self, model):
         super().set_model(model)
@@ -78,18 +81,22 @@ class CompressionCallback(keras.callbacks.Callback):
                     "Pruning ends at step %d but this fit has %d steps: the target sparsity "
                     "will not be reached in this fit.", end, total,
                 )
-        if not wrappers:
+        self._parts = scheduled_parts(self.model)
+        for part in self._parts:
+            self.plan.extend(part.resolve_schedule(total))
+        if not wrappers and not self._parts:
             logging.warning(
                 "tfc.CompressionCallback found no compression wrapper in the model. Pass the "
                 "model returned by tfc.prune (not the original) to fit()."
             )
         # Counters move only once every schedule is known to resolve.
         self._pruning_steps.on_train_begin(logs)
+        self._step = int(keras.backend.get_value(self.model.optimizer.iterations)) if self.model.optimizer else 0
         attach_sparsity_report(self.model)
         self._first_epoch = True
         if self.verbose and self.params.get("verbose", 1):
             for entry in self.plan:
-                print(_describe(entry))
+                print(entry.get("description") or _describe(entry))
 
     def on_epoch_begin(self, epoch, logs=None):
         # fit(initial_epoch=k) on a model whose counters are behind: start the schedule at epoch k.
@@ -101,7 +108,15 @@ class CompressionCallback(keras.callbacks.Callback):
                 if keras.backend.get_value(w.pruning_step) < start
             ]
             keras.backend.batch_set_value(updates)
+            self._step = max(self._step, start)
         self._first_epoch = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for part in self._parts:
+            part.on_schedule_step(self._step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
         # The optimizer moves masked weights off zero after the last mask multiply: re-apply masks.
