@@ -1,11 +1,10 @@
 """`CompressionCallback`: the one callback that drives every schedule in a model."""
 
 from absl import logging
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
 from tfcompress.pruning.prune import attach_sparsity_report
+from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.scheduling import scheduled_parts
 
 
@@ -37,18 +36,14 @@ class CompressionCallback(keras.callbacks.Callback):
         super().__init__()
         self.verbose = verbose
         self.plan = []
-        self._pruning_steps = tfmot.sparsity.keras.UpdatePruningStep()
+        self._pruning_wrappers = []
         self._steps_per_epoch = None
         self._first_epoch = True
         self._parts = []
         self._step = 0
 
-    def set_model(self, model):
-        super().set_model(model)
-        self._pruning_steps.set_model(model)
-
     def on_train_begin(self, logs=None):
-        wrappers = pruning_wrapper.collect_prunable_layers(self.model)
+        wrappers = find_pruning_wrappers(self.model)
         self._steps_per_epoch = self.params.get("steps")
         epochs = self.params.get("epochs")
         total = self._steps_per_epoch * epochs if self._steps_per_epoch and epochs else None
@@ -90,7 +85,11 @@ class CompressionCallback(keras.callbacks.Callback):
                 "model returned by tfc.prune (not the original) to fit()."
             )
         # Counters move only once every schedule is known to resolve.
-        self._pruning_steps.on_train_begin(logs)
+        self._pruning_wrappers = wrappers
+        # tfmot's wrappers start at step -1, which its graph assert rejects (as UpdatePruningStep does).
+        keras.backend.batch_set_value(
+            [(w.pruning_step, 0) for w in wrappers if keras.backend.get_value(w.pruning_step) < 0]
+        )
         self._step = int(keras.backend.get_value(self.model.optimizer.iterations)) if self.model.optimizer else 0
         attach_sparsity_report(self.model)
         self._first_epoch = True
@@ -104,7 +103,7 @@ class CompressionCallback(keras.callbacks.Callback):
             start = epoch * self._steps_per_epoch
             updates = [
                 (w.pruning_step, start)
-                for w in self._pruning_steps.prunable_layers
+                for w in self._pruning_wrappers
                 if keras.backend.get_value(w.pruning_step) < start
             ]
             keras.backend.batch_set_value(updates)
@@ -120,10 +119,8 @@ class CompressionCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # The optimizer moves masked weights off zero after the last mask multiply: re-apply masks.
-        self._pruning_steps.on_epoch_end(epoch, logs)
-
-    def on_train_end(self, logs=None):
-        self._pruning_steps.on_epoch_end(None, logs)
+        for wrapper in self._pruning_wrappers:
+            wrapper.pruning_obj.weight_mask_op()
 
 
 def _unique(items):

@@ -1,9 +1,9 @@
 """`strip`: the plain tf_keras model left after compression."""
 
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import check_model, keras
+from tfcompress.pruning.wrapper import find_pruning_wrappers
 
 
 def strip(model):
@@ -29,7 +29,7 @@ def strip(model):
     ```
     """
     check_model(model, "tfc.strip")
-    for wrapper in pruning_wrapper.collect_prunable_layers(model):
+    for wrapper in find_pruning_wrappers(model):
         if wrapper.built:
             wrapper.pruning_obj.weight_mask_op()
     stripped = tfmot.sparsity.keras.strip_pruning(model)

@@ -11,7 +11,7 @@ from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import CurrentValue
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, _validate_sparsity
-from tfcompress.pruning.wrapper import PruneLowMagnitude
+from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
 
 DEFAULT_SPARSITY = 0.8
 
@@ -44,7 +44,7 @@ def attach_sparsity_report(model):
     pruned layer, so the progress bar, History, CSVLogger and TensorBoard show
     it without extra code. Does nothing when already attached or not pruned.
     """
-    wrappers = [w for w in pruning_wrapper.collect_prunable_layers(model) if isinstance(w, PruneLowMagnitude)]
+    wrappers = [w for w in find_pruning_wrappers(model) if isinstance(w, PruneLowMagnitude)]
     if not wrappers or any(getattr(w, "_tfc_sparsity_report", None) for w in wrappers):
         return
     masks = [mask for w in wrappers for _, mask, _ in w.pruning_vars]
@@ -199,7 +199,7 @@ def prune(
         raise
     for original, copy in copies:
         copy.set_weights(original.get_weights())
-    wrappers = pruning_wrapper.collect_prunable_layers(pruned)
+    wrappers = find_pruning_wrappers(pruned)
     if not wrappers:
         raise ValueError(
             "tfc.prune found no layer to prune in this model (tfmot prunes Dense, Conv, "

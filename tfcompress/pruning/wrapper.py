@@ -6,6 +6,19 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfcompress._keras import keras
 from tfcompress.pruning.schedules import SCHEDULES
 
+def find_pruning_wrappers(model):
+    """Every tfmot pruning wrapper in `model`, in nested models and wrappers too.
+
+    tfmot's own collector only looks through `model.layers`, so it misses a
+    pruned layer inside a quantization wrapper.
+    """
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude)
+    ]
+
+
 MISSING_CALLBACK = (
     "This model has tfcompress pruning wrappers, which need "
     "`tfcompress.CompressionCallback()` to run their schedule. Train with "
