@@ -1,0 +1,351 @@
+"""`export()`: a Keras model to a verified `.tflite` file at one of six precisions."""
+
+import logging
+import os
+
+import numpy as np
+
+from tflite_export._atomic import atomic_write_bytes
+from tflite_export.edgetpu import mapping_report
+from tflite_export.errors import EdgeTPUCompatibilityError, RepresentativeDataError
+from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
+from tflite_export.inspection import report_from_bytes
+from tflite_export.metadata import embed_metadata
+from tflite_export.representative import as_converter_dataset, collect_samples
+from tflite_export.result import ExportResult
+from tflite_export.verification import compare, default_runtime_loads
+
+logger = logging.getLogger("tflite_export")
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "edgetpu")
+_CALIBRATED = ("int8", "int16x8", "edgetpu")
+_IO_DTYPES = {
+    "fp32": (None, "float32"), "fp16": (None, "float32"), "dynamic": (None, "float32"),
+    "int8": (None, "float32", "int8", "uint8"), "int16x8": (None, "float32", "int16"),
+    "edgetpu": (None, "uint8", "int8"),
+}
+# Below this fraction of zero weights the sparse encoding costs more than it saves.
+SPARSE_THRESHOLD = 0.5
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _keras():
+    from tfcompress._keras import keras
+
+    return keras
+
+
+def _load_model(source, custom_objects=None):
+    """Loads a `.keras`, `.h5` or SavedModel path with tfmot's wrappers in scope."""
+    import tensorflow_model_optimization as tfmot
+
+    source = os.fspath(source)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"Model file {source} does not exist. Pass a tf_keras model, or the "
+                                "path of a model saved with model.save('model.keras').")
+    keras = _keras()
+    try:
+        with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(), \
+                tfmot.clustering.keras.cluster_scope(), keras.utils.custom_object_scope(custom_objects or {}):
+            return keras.models.load_model(source, compile=False)
+    except Exception as e:
+        raise ValueError(
+            f"Could not load {source} as a tf_keras model ({type(e).__name__}: {e}). Save it with "
+            "tf_keras (`model.save('model.keras')`), and pass custom_objects= for custom layers."
+        ) from e
+
+
+def _check_model(model):
+    keras = _keras()
+    module = type(model).__module__ or ""
+    if module == "keras" or module.startswith(("keras.", "keras.src")):
+        raise TypeError(
+            "tflite_export.export got a Keras 3 model (`import keras` / `tf.keras`). Build it with "
+            "`import tf_keras as keras` (the Keras that tfmot and tfcompress use) and pass it again."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"tflite_export.export expects a tf_keras.Model or a model file path, got "
+                        f"{type(model).__name__}.")
+    if not model.built or not model.inputs:
+        raise ValueError("The model has no defined inputs yet. Give its first layer an input_shape= "
+                         "(or start from keras.Input), or call it once on data, then export.")
+
+
+def _wrapper_kinds(model):
+    """Which tfmot wrappers the model still carries: pruning, clustering, quantization."""
+    from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+    kinds = set()
+    for layer in model.submodules:
+        if isinstance(layer, PruneLowMagnitude):  # subclasses (tfcompress's own) included
+            kinds.add("pruning")
+        elif isinstance(layer, ClusterWeights):
+            kinds.add("clustering")
+        elif isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+            kinds.add("quantization")
+    return kinds
+
+
+def _strip(model, notes):
+    import tensorflow_model_optimization as tfmot
+
+    kinds = _wrapper_kinds(model)
+    stripped = []
+    if "pruning" in kinds:
+        model = tfmot.sparsity.keras.strip_pruning(model)
+        stripped.append("pruning")
+    if "clustering" in kinds:
+        model = tfmot.clustering.keras.strip_clustering(model)
+        stripped.append("clustering")
+    for kind in stripped:
+        message = f"stripped {kind} wrappers before conversion (weights kept, wrappers removed)"
+        logger.info(message)
+        notes.append(message)
+    return model, stripped, "quantization" in kinds
+
+
+def weight_sparsity(model):
+    """Fraction of exactly-zero values among the model's kernels (biases excluded)."""
+    zeros = total = 0
+    for weight in model.weights:
+        if "kernel" in weight.name and weight.shape.rank and weight.shape.rank >= 2:
+            value = weight.numpy()
+            zeros += int((value == 0).sum())
+            total += value.size
+    return zeros / total if total else 0.0
+
+
+def _input_shape(model):
+    if len(model.inputs) != 1:
+        raise ValueError(f"The model has {len(model.inputs)} inputs; tflite_export calibrates and "
+                         "verifies single-input models.")
+    return tuple(model.inputs[0].shape[1:])
+
+
+def _converter(model, precision, samples, io_dtype, qat, sparse):
+    tf = _tf()
+    if precision == "edgetpu":
+        shape = _input_shape(model)
+        if any(d is None for d in shape):
+            raise EdgeTPUCompatibilityError(
+                f"The model's input shape (batch, {shape}) has dynamic dimensions; the Edge TPU needs "
+                "static shapes. Build it with keras.Input(shape=(H, W, C)) of fixed size.")
+        spec = tf.TensorSpec([1, *shape], model.inputs[0].dtype)
+        function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = [] if precision == "fp32" else [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if precision in _CALIBRATED and samples is not None:
+        converter.representative_dataset = as_converter_dataset(samples)
+    if precision in ("int8", "edgetpu"):
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if precision == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    if precision == "edgetpu":
+        io_dtype = io_dtype or "uint8"
+    if io_dtype and io_dtype != "float32":
+        dtype = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[io_dtype]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype
+    return converter
+
+
+def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, sparse=False):
+    """Runs the TFLite converter once and returns flatbuffer bytes (no file, no checks).
+
+    Arguments:
+        model: a tf_keras model without pruning/clustering wrappers.
+        precision: one of `PRECISIONS`.
+        samples: float32 calibration samples for int8/int16x8/edgetpu (None for QAT models).
+        io_dtype: `None`/"float32", "int8", "uint8" or "int16" IO (see `export`).
+        qat: True when the model carries QAT quantize wrappers.
+        sparse: apply the converter's sparse encoding.
+
+    Returns:
+        The flatbuffer bytes.
+    """
+    converter = _converter(model, precision, samples, io_dtype, qat, sparse)
+    try:
+        return converter.convert()
+    except Exception as e:
+        message = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in message if "error" in line.lower())[:1500] or str(e)[:1500]
+        if precision == "edgetpu":
+            raise EdgeTPUCompatibilityError(
+                "The model cannot be converted with every op in int8, which the Edge TPU requires: "
+                f"{detail}. Replace the layers named there with int8-capable ones (Conv2D, "
+                "DepthwiseConv2D, Dense, pooling, ReLU/ReLU6, Add, Concatenate, Reshape)."
+            ) from e
+        if precision == "int8":
+            raise ValueError(
+                f"Full-integer conversion failed: {detail}. Some op has no int8 kernel; use "
+                "precision='dynamic' or 'fp16', or replace that layer.") from e
+        raise
+
+
+def _check_edgetpu(content):
+    structure = parse_flatbuffer(content)
+    float_tensors = [t.name for t in structure.tensors if t.dtype in FLOAT_TYPES]
+    float_ops = [op.name for op in structure.float_ops()]
+    if float_tensors or float_ops:
+        raise EdgeTPUCompatibilityError(
+            f"The converted model still computes in float (ops: {', '.join(float_ops) or 'none'}; "
+            f"float tensors: {', '.join(float_tensors[:5])}), so edgetpu_compiler would reject it or "
+            "run those ops on the CPU. Replace those layers with int8-capable ones.")
+    for t in structure.input_tensors + structure.output_tensors:
+        if t.dtype not in ("uint8", "int8") or any(d < 0 for d in t.shape_signature) or t.shape[0] != 1:
+            raise EdgeTPUCompatibilityError(
+                f"IO tensor {t.name!r} is {t.dtype}{t.shape_signature}; the Edge TPU needs uint8/int8 "
+                "IO with a static batch of 1.")
+
+
+def _validation_arrays(validation_data):
+    if isinstance(validation_data, tuple) and len(validation_data) == 2:
+        x, y = validation_data
+        return np.asarray(x, dtype=np.float32), None if y is None else np.asarray(y)
+    raise ValueError("validation_data must be an (x, y) tuple of arrays, e.g. (x_test, y_test).")
+
+
+def export(model, path, precision="fp32", representative_data=None, validation_data=None, *,
+           max_calibration_samples=256, io_dtype=None, sparse="auto", metadata=None,
+           num_threads=1, latency_runs=100, min_accuracy=None, max_accuracy_drop=None,
+           custom_objects=None):
+    """Converts a tf_keras model to a `.tflite` file, verifies it on LiteRT, writes it atomically.
+
+    Arguments:
+        model: a tf_keras model, or the path of one (`.keras`, `.h5`, SavedModel directory).
+            Pruning and clustering wrappers are stripped first (logged); QAT wrappers are
+            kept so their learned ranges are used.
+        path: destination `.tflite` file. Written only after every check passed.
+        precision: `"fp32"`; `"fp16"` (float16 weights); `"dynamic"` (int8 weights, float
+            activations); `"int8"` (full integer, float IO unless `io_dtype`); `"int16x8"`
+            (16-bit activations, 8-bit weights); `"edgetpu"` (full int8, uint8 IO unless
+            `io_dtype="int8"`, batch 1, static shapes; fails if any op stays float).
+        representative_data: calibration inputs for int8/int16x8/edgetpu: numpy array,
+            `(x, y)` tuple, `tf.data.Dataset` (batched or not), or a generator. Not needed
+            for a QAT model at int8/edgetpu.
+        validation_data: `(x, y)`; when given, the flatbuffer runs on LiteRT and the result
+            reports its accuracy next to Keras', top-1 agreement, max abs output difference
+            and median 1-thread latency next to the FP32 flatbuffer's.
+        max_calibration_samples: at most this many representative samples are used.
+        io_dtype: input/output type: int8 accepts `"int8"`/`"uint8"`, edgetpu `"uint8"`
+            (default) or `"int8"`, int16x8 `"int16"`; float elsewhere.
+        sparse: `"auto"` (sparse encoding when >= 50% of kernel weights are zero and LiteRT's
+            default runtime runs the result), `True` (always when sparse), `False` (never).
+        metadata: optional dict of Android metadata for `embed_metadata` (name, description,
+            labels, mean, std, ...).
+        num_threads: LiteRT threads for the latency measurement.
+        latency_runs: timed single-example invokes (0 skips latency).
+        min_accuracy / max_accuracy_drop: verification thresholds; when missed,
+            `VerificationError` is raised and no file is written.
+        custom_objects: for loading a model path with custom layers.
+
+    Returns:
+        An `ExportResult`: `print(result)` for a table, `result.to_json()` for scripts.
+
+    Raises:
+        RepresentativeDataError: missing/empty/NaN/misshaped/mistyped calibration data.
+        EdgeTPUCompatibilityError: the model cannot be fully int8 with static shapes.
+        VerificationError: a verification threshold was missed.
+
+    Example:
+
+    >>> result = tflite_export.export(model, "digits_int8.tflite", precision="int8",
+    ...                               representative_data=x_train[:256],
+    ...                               validation_data=(x_test, y_test))
+    >>> print(result)
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if io_dtype not in _IO_DTYPES[precision]:
+        allowed = ", ".join(repr(d) for d in _IO_DTYPES[precision] if d)
+        raise ValueError(f"io_dtype={io_dtype!r} is not available for precision {precision!r}; use {allowed}.")
+    if sparse not in ("auto", True, False):
+        raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(os.path.dirname(path)):
+        raise FileNotFoundError(f"Cannot write {path}: directory {os.path.dirname(path)} does not "
+                                "exist. Create it first or choose another path.")
+    if isinstance(model, (str, os.PathLike)):
+        model = _load_model(model, custom_objects)
+    _check_model(model)
+    notes = []
+    model, stripped, qat = _strip(model, notes)
+
+    samples = None
+    if precision in _CALIBRATED:
+        if representative_data is None and not (qat and precision != "int16x8"):
+            raise RepresentativeDataError(
+                f"precision={precision!r} needs representative_data: 100-500 real training inputs "
+                "(e.g. representative_data=x_train[:256]) to calibrate activation ranges. "
+                "Models trained with quantization-aware training need none for int8/edgetpu.")
+        if representative_data is not None:
+            samples = collect_samples(representative_data, _input_shape(model), max_calibration_samples)
+    elif representative_data is not None:
+        notes.append(f"representative_data ignored: {precision} needs no calibration")
+
+    content = convert_to_bytes(model, precision, samples, io_dtype, qat)
+    dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
+    sparsity = weight_sparsity(model)
+    if sparse is False:
+        sparse_state = "off"
+    elif precision in ("edgetpu", "int16x8"):
+        sparse_state = f"not available for {precision}"
+    elif sparsity < SPARSE_THRESHOLD and sparse == "auto":
+        sparse_state = f"not sparse ({sparsity:.0%} zero weights)"
+    else:
+        sparse_content = convert_to_bytes(model, precision, samples, io_dtype, qat, sparse=True)
+        sparse_bytes = len(sparse_content)
+        if sparse_bytes >= dense_bytes:
+            sparse_state = "not smaller; dense kept"
+        elif sparse is True or default_runtime_loads(sparse_content):
+            content, sparse_state = sparse_content, "used"
+            if not default_runtime_loads(sparse_content):
+                sparse_state = "used (LiteRT's default XNNPACK runtime cannot run it; builtin kernels can)"
+        else:
+            sparse_state = ("not used: LiteRT's default XNNPACK runtime cannot run the sparse "
+                            "file; pass sparse=True to keep it anyway")
+        notes.append(f"sparse encoding {sparse_state}: dense {dense_bytes:,} B, sparse {sparse_bytes:,} B")
+
+    edgetpu = None
+    if precision == "edgetpu":
+        _check_edgetpu(content)
+        edgetpu = mapping_report(content, path)
+    if metadata:
+        content = embed_metadata(content, **metadata)
+
+    verification = None
+    if validation_data is not None:
+        x, y = _validation_arrays(validation_data)
+        reference = content if precision == "fp32" else convert_to_bytes(model, "fp32")
+        verification = compare(content, x, y, keras_model=model, reference_content=reference,
+                               num_threads=num_threads, latency_runs=latency_runs)
+        verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
+    elif min_accuracy is not None or max_accuracy_drop is not None:
+        raise ValueError("min_accuracy/max_accuracy_drop need validation_data=(x, y).")
+
+    atomic_write_bytes(path, content)
+    if edgetpu is not None:
+        edgetpu.path = path
+    return ExportResult(
+        path=path, precision=precision, report=report_from_bytes(content, path),
+        verification=verification, edgetpu=edgetpu,
+        calibration_samples=0 if samples is None else len(samples), stripped=stripped,
+        quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
+        sparse_bytes=sparse_bytes, notes=notes,
+    )
