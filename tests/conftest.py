@@ -67,3 +67,33 @@ def compile_classifier(model, learning_rate=1e-3):
         metrics=["accuracy"],
     )
     return model
+
+
+# ---- tflite_export fixtures: train one digits CNN, export it once per precision ----
+
+EXPORT_PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "edgetpu")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits):
+    """The conftest digits CNN, trained for 6 epochs (about 93% test accuracy)."""
+    x_train, y_train, _, _ = digits
+    model = compile_classifier(cnn_digits_model(seed=0))
+    model.fit(x_train, y_train, epochs=6, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def exported_digits(digits_cnn, digits, tmp_path_factory):
+    """`{precision: ExportResult}`: the digits CNN exported at all six precisions, verified."""
+    import tflite_export
+
+    x_train, _, x_test, y_test = digits
+    directory = tmp_path_factory.mktemp("exported_digits")
+    return {
+        precision: tflite_export.export(
+            digits_cnn, directory / f"digits_{precision}.tflite", precision=precision,
+            representative_data=x_train[:256], validation_data=(x_test, y_test), latency_runs=20,
+        )
+        for precision in EXPORT_PRECISIONS
+    }

@@ -151,7 +151,9 @@ def _converter(model, precision, samples, io_dtype, qat, sparse):
         converter.target_spec.supported_types = [tf.float16]
     if precision in _CALIBRATED and samples is not None:
         converter.representative_dataset = as_converter_dataset(samples)
-    if precision in ("int8", "edgetpu"):
+    if precision in ("int8", "edgetpu") and samples is not None:
+        # A QAT model carries its ranges; the INT8-only op set would demand calibration
+        # data, so integer-ness is checked on the result instead.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if precision == "int16x8":
         converter.target_spec.supported_ops = [
@@ -321,6 +323,14 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             sparse_state = ("not used: LiteRT's default XNNPACK runtime cannot run the sparse "
                             "file; pass sparse=True to keep it anyway")
         notes.append(f"sparse encoding {sparse_state}: dense {dense_bytes:,} B, sparse {sparse_bytes:,} B")
+
+    if precision == "int8" and samples is None:
+        float_ops = [op.name for op in parse_flatbuffer(content).float_ops()]
+        if float_ops:
+            raise ValueError(
+                f"The quantization-aware model still has float ops after conversion ({', '.join(float_ops)}): "
+                "those layers were not quantized by QAT. Pass representative_data to calibrate them, "
+                "or quantize every layer in training.")
 
     edgetpu = None
     if precision == "edgetpu":

@@ -1,0 +1,192 @@
+"""tflite_export.export: every precision on a real digits CNN, run on the LiteRT interpreter."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from conftest import EXPORT_PRECISIONS, compile_classifier, dense_digits_model
+
+import tflite_export
+
+
+def _litert_accuracy(path, x, y):
+    """Independent check: run the file with the raw LiteRT API, one example at a time."""
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    correct = 0
+    for example, label in zip(x, y):
+        value = example[None]
+        scale, zero = inp["quantization"]
+        if scale:
+            value = np.clip(np.round(value / scale + zero), np.iinfo(inp["dtype"]).min,
+                            np.iinfo(inp["dtype"]).max)
+        interpreter.resize_tensor_input(inp["index"], value.shape) if inp["shape_signature"][0] == -1 else None
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], value.astype(inp["dtype"]))
+        interpreter.invoke()
+        correct += int(interpreter.get_tensor(out["index"])[0].argmax() == label)
+    return correct / len(x)
+
+
+@pytest.mark.parametrize("precision", EXPORT_PRECISIONS)
+def test_every_precision_runs_on_litert_within_1_5_points_of_keras(precision, exported_digits, digits_cnn, digits):
+    _, _, x_test, y_test = digits
+    result = exported_digits[precision]
+    keras_accuracy = float((digits_cnn.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+    assert keras_accuracy > 0.85, "the fixture model must have learned digits"
+    v = result.verification
+    assert v.samples == len(x_test)
+    assert v.keras_accuracy == pytest.approx(keras_accuracy)
+    assert abs(v.tflite_accuracy - keras_accuracy) <= 0.015
+    assert v.agreement >= 0.97 and v.agreement_with == "keras"
+    assert v.latency_ms > 0 and v.fp32_latency_ms > 0 and v.num_threads == 1
+    assert v.cpu["name"]
+    # The file on disk is what was verified: the raw LiteRT API agrees.
+    assert os.path.getsize(result.path) == result.bytes
+    assert _litert_accuracy(result.path, x_test[:120], y_test[:120]) == pytest.approx(
+        float((tflite_export.verify(result.path, x_test[:120], y_test[:120], latency_runs=0)
+               .tflite_accuracy)))
+
+
+def test_sizes_shrink_with_precision(exported_digits):
+    size = {p: r.bytes for p, r in exported_digits.items()}
+    assert size["fp16"] < 0.6 * size["fp32"]
+    for p in ("dynamic", "int8", "int16x8", "edgetpu"):
+        assert size[p] < 0.35 * size["fp32"], p
+    for r in exported_digits.values():
+        assert 0 < r.gzip_bytes <= r.bytes * 1.01
+
+
+def test_io_types_and_tensor_types_match_the_precision(exported_digits):
+    dtypes = {p: r.report.tensor_dtypes for p, r in exported_digits.items()}
+    io = {p: (r.inputs[0]["dtype"], r.outputs[0]["dtype"]) for p, r in exported_digits.items()}
+    for p in ("fp32", "fp16", "dynamic", "int8", "int16x8"):
+        assert io[p] == ("float32", "float32"), p
+    assert "float16" in dtypes["fp16"]
+    assert "int8" in dtypes["dynamic"] and not exported_digits["dynamic"].report.fully_integer
+    assert "int16" in dtypes["int16x8"] and exported_digits["int16x8"].report.fully_integer
+    assert exported_digits["int8"].report.fully_integer
+    assert exported_digits["int8"].op_counts["QUANTIZE"] == 1
+    assert exported_digits["int8"].op_counts["DEQUANTIZE"] == 1
+
+
+def test_edgetpu_has_uint8_io_batch_1_and_no_float_tensor(exported_digits):
+    result = exported_digits["edgetpu"]
+    for tensor in result.inputs + result.outputs:
+        assert tensor["dtype"] == "uint8"
+        assert tensor["shape"][0] == 1
+        assert tensor["scale"] > 0
+    assert not any(d.startswith("float") for d in result.report.tensor_dtypes)
+    interpreter = Interpreter(model_path=result.path)
+    assert list(interpreter.get_input_details()[0]["shape_signature"]) == [1, 8, 8, 1]
+    assert result.edgetpu.fully_mapped
+
+
+def test_result_prints_a_table_and_round_trips_through_json(exported_digits):
+    result = exported_digits["int8"]
+    text = str(result)
+    for label in ("precision", "bytes", "gzip bytes", "inputs", "ops", "tflite accuracy",
+                  "keras accuracy", "top-1 agreement", "median latency", "measured on"):
+        assert label in text
+    data = json.loads(result.to_json())
+    assert data["precision"] == "int8" and data["bytes"] == result.bytes
+    assert data["model"]["op_counts"] == result.op_counts
+    assert data["verification"]["tflite_accuracy"] == result.verification.tflite_accuracy
+    assert data["calibration_samples"] == 256
+
+
+@pytest.mark.parametrize("io_dtype", ["int8", "uint8"])
+def test_int8_with_integer_io(io_dtype, digits_cnn, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    result = tflite_export.export(digits_cnn, tmp_path / "m.tflite", "int8", representative_data=x_train[:128],
+                                  validation_data=(x_test, y_test), io_dtype=io_dtype, latency_runs=0)
+    assert result.inputs[0]["dtype"] == io_dtype and result.outputs[0]["dtype"] == io_dtype
+    assert "float32" not in result.report.tensor_dtypes
+    assert result.verification.accuracy_drop <= 0.015
+
+
+def test_export_from_a_saved_keras_file(digits_cnn, digits, tmp_path):
+    _, _, x_test, y_test = digits
+    digits_cnn.save(tmp_path / "digits.keras")
+    result = tflite_export.export(str(tmp_path / "digits.keras"), tmp_path / "m.tflite", "fp32",
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    assert result.verification.agreement == 1.0
+    assert result.verification.max_abs_diff < 1e-4
+
+
+def test_quantization_aware_model_needs_no_representative_data(digits, tmp_path):
+    import tensorflow_model_optimization as tfmot
+
+    x_train, y_train, x_test, y_test = digits
+    qat = compile_classifier(tfmot.quantization.keras.quantize_model(dense_digits_model(width=64)))
+    qat.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0)
+    result = tflite_export.export(qat, tmp_path / "qat.tflite", "int8", validation_data=(x_test, y_test),
+                                  latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    assert result.report.fully_integer
+    assert result.verification.keras_accuracy > 0.85
+    assert abs(result.verification.accuracy_drop) <= 0.015
+
+
+@pytest.fixture(scope="module")
+def pruned_dense(digits):
+    """A dense digits MLP pruned to 80% with tfcompress (a PruneLowMagnitude subclass), not stripped."""
+    import tfcompress as tfc
+
+    x_train, y_train, _, _ = digits
+    model = compile_classifier(tfc.prune(dense_digits_model(width=256), final_sparsity=0.8))
+    model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0,
+              callbacks=[tfc.CompressionCallback(verbose=0)])
+    return model
+
+
+def test_pruning_wrappers_are_stripped_and_sparse_encoding_shrinks_fp32(pruned_dense, digits, tmp_path, caplog):
+    _, _, x_test, y_test = digits
+    with caplog.at_level("INFO", logger="tflite_export"):
+        result = tflite_export.export(pruned_dense, tmp_path / "sparse.tflite", "fp32",
+                                      validation_data=(x_test, y_test), latency_runs=0)
+    assert result.stripped == ["pruning"]
+    assert "stripped pruning wrappers" in caplog.text
+    import tensorflow_model_optimization as tfmot
+
+    assert tflite_export.weight_sparsity(tfmot.sparsity.keras.strip_pruning(pruned_dense)) >= 0.75
+    assert result.sparse_encoding == "used"
+    assert result.sparse_bytes == result.bytes < 0.5 * result.dense_bytes
+    assert result.report.sparse_tensors > 0
+    assert result.verification.agreement == 1.0 and result.verification.max_abs_diff < 1e-4
+
+
+def test_sparse_int8_falls_back_to_dense_when_xnnpack_cannot_run_it(pruned_dense, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    auto = tflite_export.export(pruned_dense, tmp_path / "auto.tflite", "int8", x_train[:128],
+                                (x_test, y_test), latency_runs=0)
+    assert auto.sparse_bytes < auto.dense_bytes == auto.bytes
+    assert "XNNPACK" in auto.sparse_encoding and auto.report.sparse_tensors == 0
+    forced = tflite_export.export(pruned_dense, tmp_path / "forced.tflite", "int8", x_train[:128],
+                                  (x_test, y_test), sparse=True, latency_runs=0)
+    assert forced.bytes == forced.sparse_bytes < auto.bytes
+    assert forced.verification.runtime.startswith("builtin kernels")
+    assert forced.verification.accuracy_drop <= 0.015
+    off = tflite_export.export(pruned_dense, tmp_path / "off.tflite", "fp32", sparse=False)
+    assert off.sparse_bytes is None and off.report.sparse_tensors == 0
+
+
+def test_representative_data_accepts_arrays_tuples_datasets_and_generators(digits_cnn, digits, tmp_path):
+    import tensorflow as tf
+
+    x_train, y_train, x_test, y_test = digits
+    forms = {
+        "array": x_train,
+        "tuple": (x_train, y_train),
+        "batched dataset": tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(32),
+        "unbatched dataset": tf.data.Dataset.from_tensor_slices(x_train),
+        "generator": (x_train[i:i + 10] for i in range(0, 400, 10)),
+    }
+    for name, data in forms.items():
+        result = tflite_export.export(digits_cnn, tmp_path / "m.tflite", "int8", data,
+                                      (x_test, y_test), max_calibration_samples=100, latency_runs=0)
+        assert result.calibration_samples == 100, name
+        assert result.verification.accuracy_drop <= 0.015, name
