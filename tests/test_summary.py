@@ -30,7 +30,7 @@ def test_summary_shows_pruning_on_wrapped_and_stripped_models(digits, capsys):
     wrapped = tfc.summary(model, print_fn=None)
     stripped = tfc.summary(tfc.strip(model))
     printed = capsys.readouterr().out
-    assert "hidden2" in printed and "total" in printed and "80.0%" in printed
+    assert "hidden2" in printed and "total" in printed and "80.0%" in printed and "32.0" in printed
     assert wrapped.as_dict() == stripped.as_dict()
     for row in stripped.rows:
         assert row.sparsity == pytest.approx(0.8, abs=0.01)

@@ -5,6 +5,7 @@ from absl import logging
 from tfcompress._keras import keras
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
+from tfcompress.quantization.quantize import attach_phase_report
 from tfcompress.scheduling import scheduled_parts
 
 
@@ -60,7 +61,8 @@ class CompressionCallback(keras.callbacks.Callback):
                 )
             begin, end, frequency = schedule.resolve(total)
             layers = [w.layer.name for w in wrappers if w.pruning_schedule is schedule]
-            self.plan.append(
+            _merge_entry(
+                self.plan,
                 {
                     "compression": "pruning",
                     "layers": layers,
@@ -69,7 +71,7 @@ class CompressionCallback(keras.callbacks.Callback):
                     "end_step": end,
                     "frequency": frequency,
                     "total_steps": total,
-                }
+                },
             )
             if total is not None and end > total:
                 logging.warning(
@@ -78,7 +80,8 @@ class CompressionCallback(keras.callbacks.Callback):
                 )
         self._parts = scheduled_parts(self.model)
         for part in self._parts:
-            self.plan.extend(part.resolve_schedule(total))
+            for entry in part.resolve_schedule(total):
+                _merge_entry(self.plan, entry)
         if not wrappers and not self._parts:
             logging.warning(
                 "tfc.CompressionCallback found no compression wrapper in the model. Pass the "
@@ -92,6 +95,7 @@ class CompressionCallback(keras.callbacks.Callback):
         )
         self._step = int(keras.backend.get_value(self.model.optimizer.iterations)) if self.model.optimizer else 0
         attach_sparsity_report(self.model)
+        attach_phase_report(self.model)
         self._first_epoch = True
         if self.verbose and self.params.get("verbose", 1):
             for entry in self.plan:
@@ -121,6 +125,16 @@ class CompressionCallback(keras.callbacks.Callback):
         # The optimizer moves masked weights off zero after the last mask multiply: re-apply masks.
         for wrapper in self._pruning_wrappers:
             wrapper.pruning_obj.weight_mask_op()
+
+
+def _merge_entry(plan, entry):
+    """Adds `entry` to `plan`, folding it into an entry for the same schedule on other layers."""
+    same = {key: value for key, value in entry.items() if key != "layers"}
+    for known in plan:
+        if {key: value for key, value in known.items() if key != "layers"} == same:
+            known["layers"] = known.get("layers", []) + entry.get("layers", [])
+            return
+    plan.append(dict(entry))
 
 
 def _unique(items):

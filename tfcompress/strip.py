@@ -4,12 +4,18 @@ import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import check_model, keras
 from tfcompress.pruning.wrapper import find_pruning_wrappers
+from tfcompress.quantization.strip import strip_quantization
+from tfcompress.quantization.wrappers import find_quantization_layers
 
 
 def strip(model):
     """Returns a plain tf_keras model holding `model`'s compressed weights.
 
     Pruning wrappers are removed and their masks applied, so the zeros stay.
+    A quantization-aware model keeps tfmot's standard quantization layers with
+    their learned ranges (the TFLite converter needs them for int8); only
+    tfcompress's phase machinery is removed. Such a model loads back inside
+    `tfmot.quantization.keras.quantize_scope()`.
     The result shares nothing with `model`: training either one later does
     not change the other. It saves to `.keras` / `.h5` / SavedModel and loads
     back with plain `tf_keras.models.load_model`. It is not compiled.
@@ -32,6 +38,8 @@ def strip(model):
     for wrapper in find_pruning_wrappers(model):
         if wrapper.built:
             wrapper.pruning_obj.weight_mask_op()
+    if find_quantization_layers(model):
+        return strip_quantization(model)
     stripped = tfmot.sparsity.keras.strip_pruning(model)
     # tfmot's strip returns the training model's own layer objects; copy them.
     plain = keras.models.clone_model(stripped)

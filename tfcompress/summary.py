@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 
 import numpy as np
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
@@ -11,7 +13,8 @@ from tfcompress._keras import keras
 
 @dataclasses.dataclass
 class LayerSummary:
-    """One layer's numbers. `sparsity` is over its kernels (weights of rank >= 2)."""
+    """One layer's numbers. `sparsity` is over its kernels (weights of rank >= 2);
+    `bits` is the average storage bits per parameter (8 for int8 kernels)."""
 
     name: str
     layer_type: str
@@ -58,21 +61,43 @@ def _row_cells(row):
         f"{row.params:,}",
         f"{row.nonzero:,}",
         f"{row.sparsity:.1%}",
-        f"{row.bits:g}",
+        f"{row.bits:.1f}",
         f"{row.bytes:,}",
         f"{row.gzip_bytes:,}",
     )
 
 
+def _int8(array):
+    """Symmetric per-tensor int8, as the converter stores a quantized kernel."""
+    scale = np.abs(array).max() / 127.0
+    return np.zeros(array.shape, np.int8) if scale == 0 else np.round(array / scale).astype(np.int8)
+
+
 def _effective_weights(layer):
-    """The layer's weights as the model computes with them (masks applied)."""
+    """The layer's type, name and weights as the model computes with them.
+
+    Pruning masks are applied; kernels that a quantization wrapper
+    fake-quantizes are given as int8.
+    """
+    quantized, variables = set(), []
+    if isinstance(layer, QuantizeWrapper):
+        # tfmot swaps the inner kernel attribute for its fake-quantized tensor, which
+        # drops the variable from the inner layer's weights: take it from the wrapper.
+        variables = [weight for weight, _, _ in getattr(layer, "_weight_vars", [])]
+        quantized = {id(weight) for weight in variables}
+        layer = layer.layer
+    masks = {}
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-        masks = {id(weight): mask for weight, mask, _ in layer.pruning_vars}
-        return layer.layer.__class__.__name__, [
-            weight.numpy() * masks[id(weight)].numpy() if id(weight) in masks else weight.numpy()
-            for weight in layer.layer.weights
-        ]
-    return layer.__class__.__name__, [weight.numpy() for weight in layer.weights]
+        masks = {id(weight): mask.numpy() for weight, mask, _ in layer.pruning_vars}
+        variables += [weight for weight, _, _ in layer.pruning_vars if id(weight) not in quantized]
+        layer = layer.layer
+    known = {id(weight) for weight in variables}
+    variables += [weight for weight in layer.weights if id(weight) not in known]
+    arrays = []
+    for weight in variables:
+        value = weight.numpy() * masks[id(weight)] if id(weight) in masks else weight.numpy()
+        arrays.append(_int8(value) if id(weight) in quantized else value)
+    return layer.__class__.__name__, layer.name, arrays
 
 
 def _leaf_layers(model):
@@ -123,10 +148,11 @@ def summary(model, print_fn=print):
     """
     rows, arrays = [], []
     for layer in _leaf_layers(model):
-        layer_type, weights = _effective_weights(layer)
+        if isinstance(layer, QuantizeLayer):
+            continue  # only range variables, no weights
+        layer_type, name, weights = _effective_weights(layer)
         if not weights:
             continue
-        name = layer.layer.name if isinstance(layer, pruning_wrapper.PruneLowMagnitude) else layer.name
         rows.append(_summarize(name, layer_type, weights))
         arrays.extend(weights)
     total = _summarize("total", "", arrays)

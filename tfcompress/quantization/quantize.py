@@ -1,0 +1,151 @@
+"""`quantize`: quantization-aware training wrappers whose phases follow the fit."""
+
+import re
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+)
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfcompress._keras import check_model, keras
+from tfcompress._layers import layer_selector
+from tfcompress._metrics import CurrentValue
+from tfcompress.quantization.wrappers import (
+    PrunedLayerQuantizeConfig,
+    QuantizeInput,
+    QuantizeWrapper,
+    find_quantization_layers,
+)
+from tfcompress.steps import is_fraction, validate_point
+
+_UNSUPPORTED = re.compile(r"Layer (\S+?):<class '([^']+)'> is not supported")
+
+
+def attach_phase_report(model):
+    """Makes `model` report its quantization phase as the `qat_phase` metric.
+
+    0: float, 1: fake-quant, 2: fake-quant with frozen ranges. Does nothing
+    when already attached or when the model has no quantization wrapper.
+    """
+    wrappers = [layer for layer in find_quantization_layers(model) if isinstance(layer, QuantizeWrapper)]
+    if not wrappers or any(getattr(w, "_tfc_phase_report", None) for w in wrappers):
+        return
+    # Plain attribute: tracking would add the metric's variable to the layer's weights.
+    object.__setattr__(wrappers[-1], "_tfc_phase_report", CurrentValue("qat_phase"))
+
+
+def _annotate(model, chosen):
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def annotate(layer):
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"tfmot cannot quantize the nested model {layer.name!r}. Build the model "
+                "flat (its layers directly in the outer functional model) before tfc.quantize."
+            )
+        if chosen is not None and not chosen(layer):
+            return layer
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            if not registry.supports(layer.layer):
+                return layer
+            config = PrunedLayerQuantizeConfig(registry.get_quantize_config(layer.layer))
+            return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
+        return tfmot.quantization.keras.quantize_annotate_layer(layer)
+
+    return keras.models.clone_model(model, clone_function=annotate)
+
+
+def _with_phases(qat_model, start, freeze):
+    """Swaps tfmot's wrappers for the phased ones, keeping every weight."""
+    pairs = []
+
+    def swap(layer):
+        config = layer.get_config()
+        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
+            new = QuantizeWrapper.from_config({**config, "start": start, "freeze": freeze})
+        elif isinstance(layer, quantize_layer.QuantizeLayer):
+            new = QuantizeInput.from_config({**config, "start": start, "freeze": freeze})
+        else:
+            new = layer.__class__.from_config(config)
+        pairs.append((layer, new))
+        return new
+
+    with tfmot.quantization.keras.quantize_scope():
+        phased = keras.models.clone_model(qat_model, clone_function=swap)
+    for old, new in pairs:
+        weights = old.get_weights()
+        new.set_weights(weights + new.get_weights()[len(weights):])
+    return phased
+
+
+def quantize(model, *, start=0.0, freeze=None, layers=None):
+    """Returns a copy of `model` with quantization-aware training (int8) wrappers.
+
+    tfmot's default 8-bit scheme does the work (its quantizers, configs and
+    layout transforms, Conv + BatchNorm handling included); tfcompress adds
+    phases inside one fit, driven by `tfc.CompressionCallback`:
+
+    * before `start` the model computes exactly what the float model computes,
+      while the activation ranges are already being learned;
+    * from `start` weights and activations are fake-quantized;
+    * from `freeze` (optional) activation ranges and BatchNorm statistics stop
+      moving (TF1's `quant_delay` / `freeze_bn_delay`).
+
+    The current phase is logged as the `qat_phase` metric (0 float, 1
+    fake-quant, 2 frozen). A model from `tfc.prune` may be quantized: its
+    masks are applied before the kernel is fake-quantized, so the int8
+    weights keep the zeros. `tfc.strip` then gives a model the TFLite
+    converter turns into full int8 with the learned ranges.
+
+    Arguments:
+        model: a built Sequential or functional tf_keras model, possibly
+            returned by `tfc.prune`.
+        start: when fake quantization starts: a fraction of the fit (float in
+            [0, 1]) or an optimizer step (int).
+        freeze: when ranges and BatchNorm statistics freeze, or None.
+        layers: which layers to quantize: names, layer classes or a predicate;
+            None quantizes every layer. Layers left out stay float.
+
+    Returns:
+        A new tf_keras model with quantization wrappers (compile it before fit).
+
+    Example:
+
+    ```python
+    qat = tfc.quantize(tfc.prune(model, 0.8, end=0.5), start=0.6, freeze=0.9)
+    qat.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    qat.fit(x, y, epochs=10, callbacks=[tfc.CompressionCallback()])
+    int8_ready = tfc.strip(qat)
+    ```
+    """
+    check_model(model, "tfc.quantize")
+    start = validate_point(start, "start")
+    if freeze is not None:
+        freeze = validate_point(freeze, "freeze")
+        if is_fraction(start) == is_fraction(freeze) and freeze < start:
+            raise ValueError(f"`freeze` ({freeze}) must not come before `start` ({start}).")
+    if find_quantization_layers(model) or any(
+        isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) for layer in model.layers
+    ):
+        raise ValueError("This model is already quantized; call tfc.quantize once, on the float model.")
+    chosen = layer_selector(model, layers)
+    annotated = _annotate(model, chosen)
+    try:
+        with tfmot.quantization.keras.quantize_scope():
+            qat_model = tfmot.quantization.keras.quantize_apply(annotated)
+    except RuntimeError as error:
+        match = _UNSUPPORTED.search(str(error))
+        if not match:
+            raise
+        name, cls = match.group(1), match.group(2).rsplit(".", 1)[-1]
+        raise ValueError(
+            f"Layer {name!r} ({cls}) cannot be quantized by tfmot's default 8-bit scheme. "
+            f"Keep it float with `layers=lambda layer: layer.name != {name!r}`, or give it a "
+            "`tfmot.quantization.keras.QuantizeConfig` through "
+            "`tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=...)`."
+        ) from None
+    phased = _with_phases(qat_model, start, freeze)
+    attach_phase_report(phased)
+    return phased

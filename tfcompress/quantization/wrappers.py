@@ -1,0 +1,197 @@
+"""tfmot's quantization wrapper and input quantizer, with phases and errors of ours."""
+
+import copy
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfcompress._keras import keras
+from tfcompress.quantization.gates import GatedQuantizer
+from tfcompress.scheduling import Scheduled
+from tfcompress.steps import resolve_point, validate_point
+
+MISSING_CALLBACK = (
+    "This model has tfcompress quantization wrappers, whose phases (float, "
+    "fake-quant, frozen) need `tfcompress.CompressionCallback()`. Train with "
+    "`model.fit(..., callbacks=[tfc.CompressionCallback()])`."
+)
+
+
+class PhasedQuantization(Scheduled):
+    """Phase variables and their schedule, shared by the two layers below."""
+
+    def _init_phases(self, start, freeze):
+        self.start = validate_point(start, "start")
+        self.freeze = None if freeze is None else validate_point(freeze, "freeze")
+        self._start_step = None
+        self._freeze_step = None
+        self._phase = -1
+
+    def _build_phases(self):
+        self.qat_on = self.add_weight("qat_on", shape=(), dtype=tf.int32, initializer="zeros", trainable=False)
+        self.qat_frozen = self.add_weight("qat_frozen", shape=(), dtype=tf.int32, initializer="zeros", trainable=False)
+
+    def _check_driven(self, training):
+        if training is True and self._start_step is None:
+            raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
+
+    def resolve_schedule(self, total_steps):
+        try:
+            start = resolve_point(self.start, total_steps)
+            freeze = None if self.freeze is None else resolve_point(self.freeze, total_steps)
+        except ValueError as error:
+            raise ValueError(f"tfc.CompressionCallback cannot schedule quantization: {error}") from None
+        if freeze is not None and freeze < start:
+            raise ValueError(
+                f"Quantization freezes at step {freeze}, before it starts at step {start}; "
+                "`freeze` must not come before `start`."
+            )
+        self._start_step, self._freeze_step = start, freeze
+        self._phase = -1
+        frozen = "" if freeze is None else f", ranges and BatchNorm frozen from step {freeze}"
+        of = f" of {total_steps}" if total_steps else ""
+        return [
+            {
+                "compression": "quantization",
+                "layers": [self.name],
+                "start_step": start,
+                "freeze_step": freeze,
+                "total_steps": total_steps,
+                "description": f"tfcompress: quantization-aware training (int8): float until step {start}{of}, "
+                f"fake-quant from step {start}{frozen}",
+            }
+        ]
+
+    def on_schedule_step(self, step):
+        on = int(step >= self._start_step)
+        frozen = int(self._freeze_step is not None and step >= self._freeze_step)
+        if on + 2 * frozen != self._phase:
+            keras.backend.batch_set_value([(self.qat_on, on), (self.qat_frozen, frozen)])
+            self._phase = on + 2 * frozen
+
+    def _phase_config(self):
+        return {"start": self.start, "freeze": self.freeze}
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantization):
+    """tfmot's `QuantizeWrapperV2` whose fake quantization starts at `start`.
+
+    Before `start` the layer computes exactly what the float layer computes
+    (ranges are already being learned); from `start` weights and activations
+    are fake-quantized; from `freeze` activation ranges stop moving and a
+    wrapped BatchNormalization uses its moving statistics. A pruned layer
+    inside (tfcompress's or tfmot's `PruneLowMagnitude`) is masked before its
+    kernel is quantized, so zeros stay exact zeros in int8.
+    """
+
+    def __init__(self, layer, quantize_config, start=0.0, freeze=None, **kwargs):
+        super().__init__(layer, quantize_config, **kwargs)
+        self._init_phases(start, freeze)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_phases()
+        self._weight_vars = [
+            (weight, GatedQuantizer(quantizer, self, freezable=False), variables)
+            for weight, quantizer, variables in self._weight_vars
+        ]
+        for activation in self._quantize_activations:
+            activation.quantizer = GatedQuantizer(activation.quantizer, self, freezable=True)
+        self._output_quantizers = [GatedQuantizer(q, self, freezable=True) for q in self._output_quantizers]
+
+    def call(self, inputs, training=None, **kwargs):
+        self._check_driven(training)
+        if isinstance(self.layer, pruning_wrapper.PruneLowMagnitude):
+            # Mask first, so the kernel that gets fake-quantized already has its zeros.
+            self.layer.pruning_obj.weight_mask_op()
+        if training is True and isinstance(self.layer, keras.layers.BatchNormalization):
+            return tf.cond(
+                self.qat_frozen > 0,
+                lambda: super(QuantizeWrapper, self).call(inputs, training=False, **kwargs),
+                lambda: super(QuantizeWrapper, self).call(inputs, training=True, **kwargs),
+            )
+        outputs = super().call(inputs, training=training, **kwargs)
+        report = getattr(self, "_tfc_phase_report", None)
+        if report is not None:
+            self.add_metric(report(self.qat_on + self.qat_frozen))
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), **self._phase_config()}
+
+    @classmethod
+    def from_config(cls, config):
+        with tfmot.quantization.keras.quantize_scope({"PrunedLayerQuantizeConfig": PrunedLayerQuantizeConfig}):
+            return super().from_config(config)
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class QuantizeInput(quantize_layer.QuantizeLayer, PhasedQuantization):
+    """tfmot's `QuantizeLayer` (the model-input quantizer) with the same phases."""
+
+    def __init__(self, quantizer, start=0.0, freeze=None, **kwargs):
+        super().__init__(quantizer, **kwargs)
+        self._init_phases(start, freeze)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_phases()
+        if self.quantizer:
+            self.quantizer = GatedQuantizer(self.quantizer, self, freezable=True)
+
+    def call(self, inputs, training=None):
+        self._check_driven(training)
+        return super().call(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        if isinstance(self.quantizer, GatedQuantizer):
+            config["quantizer"] = keras.utils.serialize_keras_object(self.quantizer.inner)
+        return {**config, **self._phase_config()}
+
+    @classmethod
+    def from_config(cls, config):
+        with tfmot.quantization.keras.quantize_scope():
+            return super().from_config(config)
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes the layer inside a pruning wrapper with that layer's own config."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get_weights_and_quantizers(self, layer):
+        return self.inner.get_weights_and_quantizers(layer.layer)
+
+    def get_activations_and_quantizers(self, layer):
+        return self.inner.get_activations_and_quantizers(layer.layer)
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        self.inner.set_quantize_weights(layer.layer, quantize_weights)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        self.inner.set_quantize_activations(layer.layer, quantize_activations)
+
+    def get_output_quantizers(self, layer):
+        return self.inner.get_output_quantizers(layer.layer)
+
+    def get_config(self):
+        return {"inner": keras.utils.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config):
+        with tfmot.quantization.keras.quantize_scope():
+            return cls(keras.utils.deserialize_keras_object(config["inner"]))
+
+    def __deepcopy__(self, memo):
+        return PrunedLayerQuantizeConfig(copy.deepcopy(self.inner, memo))
+
+
+def find_quantization_layers(model):
+    """Every phased quantization layer in `model`, nested ones included."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, PhasedQuantization)]
