@@ -203,7 +203,7 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, s
 def _check_edgetpu(content):
     structure = parse_flatbuffer(content)
     float_tensors = [t.name for t in structure.tensors if t.dtype in FLOAT_TYPES]
-    float_ops = [op.name for op in structure.float_ops()]
+    float_ops = list(dict.fromkeys(op.name for op in structure.float_ops()))
     if float_tensors or float_ops:
         raise EdgeTPUCompatibilityError(
             f"The converted model still computes in float (ops: {', '.join(float_ops) or 'none'}; "

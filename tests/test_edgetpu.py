@@ -1,0 +1,90 @@
+"""The Edge TPU profile: a compiler-ready flatbuffer and an offline mapping report."""
+
+import json
+
+import pytest
+
+import tflite_export
+from tflite_export.edgetpu import SUPPORTED_OPS
+from tfcompress._keras import keras
+
+
+def test_digits_cnn_maps_fully(exported_digits):
+    report = exported_digits["edgetpu"].edgetpu
+    assert report.fully_mapped and report.first_cpu_op is None
+    assert report.mapped == len(report.ops) == sum(exported_digits["edgetpu"].op_counts.values())
+    assert {op.coral_name for op in report.ops} == {"Quantize", "Conv2d", "MaxPool2d", "Reshape", "FullyConnected"}
+    text = str(report)
+    assert "Mapped to Edge TPU" in text and "edgetpu_compiler" in text
+    assert json.loads(report.to_json())["fully_mapped"] is True
+
+
+def test_float_io_int8_file_is_flagged_with_the_fix(exported_digits):
+    report = tflite_export.edgetpu_report(exported_digits["int8"].path)
+    assert not report.fully_mapped
+    assert any("float32" in p and "precision='edgetpu'" in p for p in report.model_problems)
+    assert any("dynamic shape" in p for p in report.model_problems)
+
+
+def test_fp32_file_splits_at_the_first_op(exported_digits):
+    report = tflite_export.edgetpu_report(exported_digits["fp32"].path)
+    assert report.first_cpu_op == 0 and report.mapped == 0
+    assert "int8/uint8" in report.ops[0].reason and "quantize" in report.ops[0].fix
+
+
+@pytest.fixture(scope="module")
+def leaky_model(digits):
+    """A CNN whose LeakyReLU (LEAKY_RELU, int8 in TFLite but not in Coral's table) splits the graph."""
+    keras.utils.set_random_seed(0)
+    x_train, y_train, _, _ = digits
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same")(x)
+    x = keras.layers.LeakyReLU(0.1)(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=2, verbose=0)
+    return model
+
+
+def test_unsupported_op_splits_the_graph_and_everything_after_runs_on_cpu(leaky_model, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    result = tflite_export.export(leaky_model, tmp_path / "leaky.tflite", "edgetpu", x_train[:128],
+                                  (x_test, y_test), latency_runs=0)
+    assert result.report.fully_integer  # the file is valid for the compiler ...
+    report = result.edgetpu               # ... but the compiler will split it
+    names = [op.op for op in report.ops]
+    split = names.index("LEAKY_RELU")
+    assert report.first_cpu_op == split
+    assert all(op.on_edgetpu for op in report.ops[:split])
+    assert not any(op.on_edgetpu for op in report.ops[split:])
+    assert "not in Coral's supported-operations table" in report.ops[split].reason
+    assert "ReLU" in report.ops[split].fix
+    assert "after the first unmapped op" in report.ops[-1].reason
+    assert "SOFTMAX" in names[split:]  # a supported op, but after the split
+    assert f"CPU from op {split} LEAKY_RELU" in report.summary()
+    assert result.verification.accuracy_drop <= 0.03
+
+
+def test_softmax_and_relu_map_when_before_any_unsupported_op(leaky_model, digits, tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.AveragePooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    result = tflite_export.export(model, tmp_path / "m.tflite", "edgetpu", digits[0][:64], io_dtype="int8")
+    assert result.inputs[0]["dtype"] == "int8"
+    assert result.edgetpu.fully_mapped, str(result.edgetpu)
+    assert "SOFTMAX" in result.op_counts and "DEPTHWISE_CONV_2D" in result.op_counts
+
+
+def test_table_covers_the_common_layers():
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "MEAN", "ADD",
+               "CONCATENATION", "RESHAPE", "QUANTIZE", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        assert op in SUPPORTED_OPS
+    for op in ("DEQUANTIZE", "LEAKY_RELU", "HARD_SWISH", "EXP"):
+        assert op not in SUPPORTED_OPS
