@@ -14,8 +14,9 @@ def strip(model):
     Pruning wrappers are removed and their masks applied, so the zeros stay.
     A quantization-aware model keeps tfmot's standard quantization layers with
     their learned ranges (the TFLite converter needs them for int8); only
-    tfcompress's phase machinery is removed. Such a model loads back inside
-    `tfmot.quantization.keras.quantize_scope()`.
+    tfcompress's phase machinery is removed. Save such a model as `.h5` or a
+    SavedModel and load it inside `tfmot.quantization.keras.quantize_scope()`
+    (tfmot 0.8.1 cannot load its quantized models from `.keras`).
     The result shares nothing with `model`: training either one later does
     not change the other. It saves to `.keras` / `.h5` / SavedModel and loads
     back with plain `tf_keras.models.load_model`. It is not compiled.
