@@ -16,6 +16,7 @@ after the functions, so `tflite_export.inspect` / `.verify` stay functions.
 from tflite_export.convert import PRECISIONS, export, weight_sparsity
 from tflite_export.edgetpu import SUPPORTED_OPS, EdgeTPUReport, mapping_report as edgetpu_report
 from tflite_export.errors import (
+    ConversionError,
     EdgeTPUCompatibilityError,
     InvalidModelFileError,
     RepresentativeDataError,
@@ -28,7 +29,7 @@ from tflite_export.result import ExportResult, ModelReport, VerificationResult
 from tflite_export.verification import verify
 
 __all__ = [
-    "PRECISIONS", "SUPPORTED_OPS", "EdgeTPUCompatibilityError", "EdgeTPUReport", "ExportResult",
+    "PRECISIONS", "SUPPORTED_OPS", "ConversionError", "EdgeTPUCompatibilityError", "EdgeTPUReport", "ExportResult",
     "InvalidModelFileError", "ModelReport", "RepresentativeDataError", "VerificationError",
     "VerificationResult", "add_metadata", "collect_samples", "edgetpu_report", "embed_metadata",
     "export", "inspect", "read_metadata", "verify", "weight_sparsity",

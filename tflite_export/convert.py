@@ -7,7 +7,7 @@ import numpy as np
 
 from tflite_export._atomic import atomic_write_bytes
 from tflite_export.edgetpu import mapping_report
-from tflite_export.errors import EdgeTPUCompatibilityError, RepresentativeDataError
+from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, RepresentativeDataError
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
 from tflite_export.inspection import report_from_bytes
 from tflite_export.metadata import embed_metadata
@@ -194,10 +194,10 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, s
                 "DepthwiseConv2D, Dense, pooling, ReLU/ReLU6, Add, Concatenate, Reshape)."
             ) from e
         if precision == "int8":
-            raise ValueError(
+            raise ConversionError(
                 f"Full-integer conversion failed: {detail}. Some op has no int8 kernel; use "
                 "precision='dynamic' or 'fp16', or replace that layer.") from e
-        raise
+        raise ConversionError(f"The TFLite converter failed for precision {precision!r}: {detail}") from e
 
 
 def _check_edgetpu(content):
@@ -327,7 +327,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if precision == "int8" and samples is None:
         float_ops = [op.name for op in parse_flatbuffer(content).float_ops()]
         if float_ops:
-            raise ValueError(
+            raise ConversionError(
                 f"The quantization-aware model still has float ops after conversion ({', '.join(float_ops)}): "
                 "those layers were not quantized by QAT. Pass representative_data to calibrate them, "
                 "or quantize every layer in training.")

@@ -15,3 +15,7 @@ class EdgeTPUCompatibilityError(ValueError):
 
 class VerificationError(AssertionError):
     """The flatbuffer's accuracy on LiteRT fell further below Keras than allowed."""
+
+
+class ConversionError(ValueError):
+    """The TFLite converter cannot produce the requested precision for this model's ops."""

@@ -1,0 +1,138 @@
+"""The `tfcompress` CLI: export, inspect and verify subcommands, with script-friendly exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tflite_export
+from tfcompress import cli
+from tfcompress._keras import keras
+
+
+@pytest.fixture(scope="module")
+def files(digits_cnn, digits, tmp_path_factory):
+    x_train, _, x_test, y_test = digits
+    d = tmp_path_factory.mktemp("cli")
+    digits_cnn.save(d / "digits.keras")
+    np.savez(d / "calibration.npz", x=x_train[:200])
+    np.savez(d / "validation.npz", x=x_test, y=y_test)
+    np.savez(d / "positional.npz", x_test, y_test)  # arr_0, arr_1
+    (d / "labels.txt").write_text("\n".join(f"digit {i}" for i in range(10)) + "\n")
+    bad = x_train[:50].copy()
+    bad[7] = np.nan
+    np.savez(d / "nan.npz", x=bad)
+    return d
+
+
+def run(capsys, *args):
+    code = cli.execute(["tfcompress", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_int8_from_a_saved_model_with_validation(files, capsys):
+    out_path = files / "int8.tflite"
+    code, out, err = run(capsys, "export", files / "digits.keras", "--precision", "int8",
+                         "--calibration", files / "calibration.npz", "--validation", files / "validation.npz",
+                         "--output", out_path, "--latency_runs", "5")
+    assert code == 0, err
+    assert "tflite accuracy" in out and "int8" in out
+    assert tflite_export.inspect(out_path).fully_integer
+
+
+def test_export_edgetpu_with_android_metadata_as_json(files, capsys):
+    out_path = files / "edgetpu.tflite"
+    code, out, err = run(capsys, "export", files / "digits.keras", "--precision=edgetpu",
+                         "--calibration", files / "calibration.npz", "--output", out_path, "--json",
+                         "--name", "digits", "--labels", files / "labels.txt", "--mean", "0", "--std", "16")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["precision"] == "edgetpu" and data["edgetpu"]["fully_mapped"] is True
+    assert data["model"]["inputs"][0]["dtype"] == "uint8"
+    meta = tflite_export.read_metadata(out_path)
+    assert meta["name"] == "digits" and meta["labels"][3] == "digit 3" and meta["inputs"][0]["std"] == [16.0]
+
+
+def test_inspect_table_json_and_edgetpu_report(files, capsys):
+    path = files / "fp32.tflite"
+    assert run(capsys, "export", files / "digits.keras", "--output", path)[0] == 0
+    code, out, _ = run(capsys, "inspect", path)
+    assert code == 0 and "CONV_2D x2" in out and "float32[1, 8, 8, 1]" in out
+    code, out, _ = run(capsys, "inspect", path, "--json")
+    assert code == 0 and json.loads(out)["op_counts"]["FULLY_CONNECTED"] == 2
+    code, out, _ = run(capsys, "inspect", path, "--edgetpu")
+    assert code == 0 and "Edge TPU offline mapping report" in out and "0/6 ops" in out
+
+
+def test_verify_passes_and_fails_on_thresholds(files, capsys):
+    path, reference = files / "verify_int8.tflite", files / "verify_fp32.tflite"
+    assert run(capsys, "export", files / "digits.keras", "--output", reference)[0] == 0
+    assert run(capsys, "export", files / "digits.keras", "--precision", "int8", "--calibration",
+               files / "calibration.npz", "--output", path)[0] == 0
+    code, out, _ = run(capsys, "verify", path, "--data", files / "validation.npz", "--reference", reference,
+                       "--latency_runs", "5")
+    assert code == 0 and "fp32 flatbuffer" in out and "median latency" in out
+    code, out, _ = run(capsys, "verify", path, "--data", files / "positional.npz", "--json", "--latency_runs", "0")
+    assert code == 0 and json.loads(out)["tflite_accuracy"] > 0.85
+    code, _, err = run(capsys, "verify", path, "--data", files / "validation.npz", "--min_accuracy", "0.9999",
+                       "--latency_runs", "0")
+    assert code == 1 and "FAILED" in err and "min_accuracy" in err
+
+
+def test_bad_input_exits_2_with_a_clear_message(files, capsys, tmp_path):
+    (tmp_path / "corrupt.tflite").write_bytes(b"\x00" * 100)
+    cases = [
+        (["export", tmp_path / "missing.keras"], "does not exist"),
+        (["export", files / "digits.keras", "--precision", "int8", "--output", tmp_path / "x.tflite"],
+         "representative_data"),
+        (["export", files / "digits.keras", "--precision", "int8", "--calibration", files / "nan.npz",
+          "--output", tmp_path / "x.tflite"], "NaN"),
+        (["export", files / "digits.keras", "--calibration", tmp_path / "nope.npz"], "does not exist"),
+        (["export", files / "digits.keras", "--precision", "int8", "--calibration", files / "labels.txt",
+          "--output", tmp_path / "x.tflite"], "np.savez"),
+        (["inspect", tmp_path / "corrupt.tflite"], "not a valid TFLite flatbuffer"),
+        (["inspect"], "exactly one"),
+        (["verify", files / "fp32.tflite"], "--data"),
+        (["frobnicate"], "unknown command"),
+        (["inspect", tmp_path / "corrupt.tflite", "--no_such_flag"], "no_such_flag"),
+        (["export", files / "digits.keras", "--precision", "int4"], "int16x8"),
+    ]
+    for args, message in cases:
+        code, _, err = run(capsys, *args)
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+    assert sorted(os.listdir(tmp_path)) == ["corrupt.tflite"]  # nothing partial written
+
+
+def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys):
+    import tensorflow as tf
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Lambda(lambda t: tf.math.sin(t))(keras.layers.Dense(16)(x))
+    # A SavedModel directory keeps the traced Lambda; SIN has no int8 kernel.
+    keras.Model(inputs, keras.layers.Dense(10)(x)).save(tmp_path / "sin_savedmodel", save_format="tf")
+    code, _, err = run(capsys, "export", tmp_path / "sin_savedmodel", "--precision", "edgetpu",
+                       "--calibration", files / "calibration.npz", "--output", tmp_path / "sin.tflite")
+    assert code == 1 and "FAILED" in err and "SIN" in err
+    code, _, err = run(capsys, "export", files / "digits.keras", "--precision", "int8",
+                       "--calibration", files / "calibration.npz", "--validation", files / "validation.npz",
+                       "--min_accuracy", "0.9999", "--output", tmp_path / "strict.tflite", "--latency_runs", "0")
+    assert code == 1 and "min_accuracy" in err
+    assert sorted(os.listdir(tmp_path)) == ["sin_savedmodel"]
+
+
+def test_console_entry_point_exit_codes(files):
+    """The real process: absl's app.run path, as scripts see it."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    ok = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", str(files / "int8.tflite"), "--json"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["fully_integer"] is True
+    bad = subprocess.run([sys.executable, "-m", "tfcompress.cli", "export", "m.keras", "--precision", "int4"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "int16x8" in bad.stderr
