@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tflite_export
 from tfcompress import cli
@@ -109,8 +110,6 @@ def test_bad_input_exits_2_with_a_clear_message(files, capsys, tmp_path):
 
 
 def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys):
-    import tensorflow as tf
-
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Flatten()(inputs)
     x = keras.layers.Lambda(lambda t: tf.math.sin(t))(keras.layers.Dense(16)(x))
