@@ -2,6 +2,7 @@
 
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -183,7 +184,10 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, s
     """
     converter = _converter(model, precision, samples, io_dtype, qat, sparse)
     try:
-        return converter.convert()
+        with warnings.catch_warnings():
+            # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            return converter.convert()
     except Exception as e:
         message = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in message if "error" in line.lower())[:1500] or str(e)[:1500]
