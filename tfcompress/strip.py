@@ -1,8 +1,10 @@
 """`strip`: the plain tf_keras model left after compression."""
 
+from absl import logging
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import check_model, keras
+from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.strip import strip_quantization
 from tfcompress.quantization.wrappers import find_quantization_layers
@@ -11,7 +13,8 @@ from tfcompress.quantization.wrappers import find_quantization_layers
 def strip(model):
     """Returns a plain tf_keras model holding `model`'s compressed weights.
 
-    Pruning wrappers are removed and their masks applied, so the zeros stay.
+    Pruning wrappers are removed and their masks applied, so the zeros stay;
+    clustering wrappers are removed and each kernel keeps its shared values.
     A quantization-aware model keeps tfmot's standard quantization layers with
     their learned ranges (the TFLite converter needs them for int8); only
     tfcompress's phase machinery is removed. Save such a model as `.h5` or a
@@ -41,7 +44,15 @@ def strip(model):
             wrapper.pruning_obj.weight_mask_op()
     if find_quantization_layers(model):
         return strip_quantization(model)
+    clustered = find_cluster_wrappers(model)
+    if any(int(wrapper.clustering_on.numpy()) == 0 for wrapper in clustered if hasattr(wrapper, "clustering_on")):
+        logging.warning(
+            "Clustering never started in this model (its `begin` is after the last trained "
+            "step): the stripped kernels are clustered from their current values."
+        )
     stripped = tfmot.sparsity.keras.strip_pruning(model)
+    if clustered:
+        stripped = tfmot.clustering.keras.strip_clustering(stripped)
     # tfmot's strip returns the training model's own layer objects; copy them.
     plain = keras.models.clone_model(stripped)
     plain.set_weights(stripped.get_weights())

@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 
 import numpy as np
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
@@ -14,7 +15,9 @@ from tfcompress._keras import keras
 @dataclasses.dataclass
 class LayerSummary:
     """One layer's numbers. `sparsity` is over its kernels (weights of rank >= 2);
-    `bits` is the average storage bits per parameter (8 for int8 kernels)."""
+    `clusters` is the most distinct values in one float kernel when every
+    kernel is clustered (at most 256 values), else 0; `bits` is the average
+    storage bits per parameter (8 for int8 kernels)."""
 
     name: str
     layer_type: str
@@ -24,6 +27,7 @@ class LayerSummary:
     bits: float
     bytes: int
     gzip_bytes: int
+    clusters: int = 0
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -40,7 +44,7 @@ class ModelSummary:
         return {"layers": [row.as_dict() for row in self.rows], "total": self.total.as_dict()}
 
     def __str__(self):
-        header = ("layer", "type", "params", "nonzero", "sparsity", "bits", "bytes", "gzip bytes")
+        header = ("layer", "type", "params", "nonzero", "sparsity", "clusters", "bits", "bytes", "gzip bytes")
         lines = [_row_cells(row) for row in self.rows]
         total = _row_cells(self.total)
         widths = [max(len(cells[i]) for cells in [header, total, *lines]) for i in range(len(header))]
@@ -61,6 +65,7 @@ def _row_cells(row):
         f"{row.params:,}",
         f"{row.nonzero:,}",
         f"{row.sparsity:.1%}",
+        f"{row.clusters}" if row.clusters else "-",
         f"{row.bits:.1f}",
         f"{row.bytes:,}",
         f"{row.gzip_bytes:,}",
@@ -86,6 +91,15 @@ def _effective_weights(layer):
         variables = [weight for weight, _, _ in getattr(layer, "_weight_vars", [])]
         quantized = {id(weight) for weight in variables}
         layer = layer.layer
+    shared = {}
+    if isinstance(layer, cluster_wrapper.ClusterWeights):
+        if int(getattr(layer, "clustering_on", 1)):
+            shared = {
+                id(weight): layer.clustering_algorithms[name].get_clustered_weight(layer.pulling_indices[name], weight)
+                for name, weight in layer.original_clusterable_weights.items()
+            }
+        variables += list(layer.original_clusterable_weights.values())
+        layer = layer.layer
     masks = {}
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
         masks = {id(weight): mask.numpy() for weight, mask, _ in layer.pruning_vars}
@@ -95,7 +109,8 @@ def _effective_weights(layer):
     variables += [weight for weight in layer.weights if id(weight) not in known]
     arrays = []
     for weight in variables:
-        value = weight.numpy() * masks[id(weight)] if id(weight) in masks else weight.numpy()
+        value = np.asarray(shared.get(id(weight), weight))
+        value = value * masks[id(weight)] if id(weight) in masks else value
         arrays.append(_int8(value) if id(weight) in quantized else value)
     return layer.__class__.__name__, layer.name, arrays
 
@@ -108,8 +123,15 @@ def _leaf_layers(model):
             yield layer
 
 
+# A float kernel with at most this many distinct values (and a quarter of its size) is clustered.
+_MAX_CLUSTERS = 256
+
+
 def _summarize(name, layer_type, arrays):
     kernels = [a for a in arrays if a.ndim >= 2] or arrays
+    float_kernels = [k for k in kernels if k.dtype.kind == "f" and k.ndim >= 2]
+    shared = [np.unique(k).size for k in float_kernels]
+    clustered = bool(shared) and all(n <= min(_MAX_CLUSTERS, k.size // 4) for n, k in zip(shared, float_kernels))
     params = sum(a.size for a in arrays)
     raw = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
     kernel_size = sum(a.size for a in kernels)
@@ -122,6 +144,7 @@ def _summarize(name, layer_type, arrays):
         bits=8.0 * len(raw) / params if params else 0.0,
         bytes=len(raw),
         gzip_bytes=len(gzip.compress(raw, compresslevel=9, mtime=0)),
+        clusters=max(shared) if clustered else 0,
     )
 
 

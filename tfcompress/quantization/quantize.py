@@ -1,5 +1,6 @@
 """`quantize`: quantization-aware training wrappers whose phases follow the fit."""
 
+import copy
 import re
 
 import tensorflow_model_optimization as tfmot
@@ -12,13 +13,26 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector
 from tfcompress._metrics import CurrentValue
+from tfcompress.clustering.wrapper import find_cluster_wrappers
+from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.wrappers import (
     PrunedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
+    copy_weights_by_name,
     find_quantization_layers,
+    rebuilt_copy,
 )
 from tfcompress.steps import is_fraction, validate_point
+
+SCHEMES = {
+    None: tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme,
+    "sparsity": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
+    "clusters": lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+    "clusters+sparsity": lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
+        preserve_sparsity=True
+    ),
+}
 
 _UNSUPPORTED = re.compile(r"Layer (\S+?):<class '([^']+)'> is not supported")
 
@@ -64,7 +78,10 @@ def _with_phases(qat_model, start, freeze):
     def swap(layer):
         config = layer.get_config()
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
-            new = QuantizeWrapper.from_config({**config, "start": start, "freeze": freeze})
+            new = QuantizeWrapper(
+                rebuilt_copy(layer.layer, layer), copy.deepcopy(layer.quantize_config),
+                start=start, freeze=freeze, name=layer.name,
+            )
         elif isinstance(layer, quantize_layer.QuantizeLayer):
             new = QuantizeInput.from_config({**config, "start": start, "freeze": freeze})
         else:
@@ -75,12 +92,11 @@ def _with_phases(qat_model, start, freeze):
     with tfmot.quantization.keras.quantize_scope():
         phased = keras.models.clone_model(qat_model, clone_function=swap)
     for old, new in pairs:
-        weights = old.get_weights()
-        new.set_weights(weights + new.get_weights()[len(weights):])
+        copy_weights_by_name(old, new)
     return phased
 
 
-def quantize(model, *, start=0.0, freeze=None, layers=None):
+def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
     """Returns a copy of `model` with quantization-aware training (int8) wrappers.
 
     tfmot's default 8-bit scheme does the work (its quantizers, configs and
@@ -107,6 +123,11 @@ def quantize(model, *, start=0.0, freeze=None, layers=None):
         freeze: when ranges and BatchNorm statistics freeze, or None.
         layers: which layers to quantize: names, layer classes or a predicate;
             None quantizes every layer. Layers left out stay float.
+        preserve: for a model already stripped after pruning or clustering,
+            tfmot's collaborative schemes keep that structure through QAT:
+            "sparsity" (zeros), "clusters" (shared values) or
+            "clusters+sparsity". A model still wrapped by `tfc.prune` keeps
+            its zeros without it.
 
     Returns:
         A new tf_keras model with quantization wrappers (compile it before fit).
@@ -130,11 +151,23 @@ def quantize(model, *, start=0.0, freeze=None, layers=None):
         isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) for layer in model.layers
     ):
         raise ValueError("This model is already quantized; call tfc.quantize once, on the float model.")
+    if preserve not in SCHEMES:
+        raise ValueError(f"`preserve` must be one of {sorted(k for k in SCHEMES if k)} or None; got {preserve!r}.")
+    if find_cluster_wrappers(model):
+        raise ValueError(
+            "tfc.quantize cannot wrap clustering wrappers. Finish clustering, strip, then keep the "
+            "clusters through QAT: tfc.quantize(tfc.strip(clustered), preserve='clusters')."
+        )
+    if preserve and find_pruning_wrappers(model):
+        raise ValueError(
+            "`preserve` is for stripped models; a model wrapped by tfc.prune keeps its zeros "
+            "through QAT already. Drop `preserve=`."
+        )
     chosen = layer_selector(model, layers)
     annotated = _annotate(model, chosen)
     try:
         with tfmot.quantization.keras.quantize_scope():
-            qat_model = tfmot.quantization.keras.quantize_apply(annotated)
+            qat_model = tfmot.quantization.keras.quantize_apply(annotated, SCHEMES[preserve]())
     except RuntimeError as error:
         match = _UNSUPPORTED.search(str(error))
         if not match:

@@ -9,21 +9,14 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfcompress._keras import keras
 from tfcompress.quantization.gates import GatedQuantizer
-from tfcompress.quantization.wrappers import PrunedLayerQuantizeConfig, QuantizeInput, QuantizeWrapper, find_quantization_layers
-
-
-def _short_name(variable):
-    return variable.name.split("/")[-1].split(":")[0]
-
-
-def _copy_weights(old, new):
-    values = {}
-    for variable in old.weights:
-        values.setdefault(_short_name(variable), variable.numpy())
-    missing = [_short_name(v) for v in new.weights if _short_name(v) not in values]
-    if missing:
-        raise RuntimeError(f"tfc.strip found no value for {missing} of layer {new.name!r}.")
-    new.set_weights([values[_short_name(v)] for v in new.weights])
+from tfcompress.quantization.wrappers import (
+    PrunedLayerQuantizeConfig,
+    QuantizeInput,
+    QuantizeWrapper,
+    copy_weights_by_name,
+    find_quantization_layers,
+    rebuilt_copy,
+)
 
 
 def _fresh(layer):
@@ -51,7 +44,7 @@ def strip_quantization(model):
             inner, config = layer.layer, layer.quantize_config
             if isinstance(config, PrunedLayerQuantizeConfig):
                 inner, config = inner.layer, config.inner
-            new = tfmot.quantization.keras.QuantizeWrapperV2(_fresh(inner), copy.deepcopy(config))
+            new = tfmot.quantization.keras.QuantizeWrapperV2(rebuilt_copy(inner, layer), copy.deepcopy(config))
         elif isinstance(layer, QuantizeInput):
             quantizer = layer.quantizer.inner if isinstance(layer.quantizer, GatedQuantizer) else layer.quantizer
             new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name)
@@ -65,5 +58,5 @@ def strip_quantization(model):
     with tfmot.quantization.keras.quantize_scope():
         stripped = keras.models.clone_model(model, clone_function=plain)
     for old, new in pairs:
-        _copy_weights(old, new)
+        copy_weights_by_name(old, new)
     return stripped

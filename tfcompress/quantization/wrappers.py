@@ -195,3 +195,40 @@ class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 def find_quantization_layers(model):
     """Every phased quantization layer in `model`, nested ones included."""
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, PhasedQuantization)]
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def copy_weights_by_name(old, new):
+    """Copies `old`'s weights into `new` by weight name; `new`'s phase variables may be new.
+
+    Wrappers of different classes order their variables differently (and
+    tfmot's cluster-preserving quantizers vary it between builds), so names,
+    not positions, pair them up.
+    """
+    values = {}
+    for variable in old.weights:
+        values.setdefault(_short_name(variable), variable.numpy())
+    targets = [v for v in new.weights if _short_name(v) in values]
+    missing = [_short_name(v) for v in new.weights if _short_name(v) not in values and _short_name(v) not in _PHASES]
+    if missing:
+        raise RuntimeError(f"No value for {missing} of layer {new.name!r} in layer {old.name!r}.")
+    keras.backend.batch_set_value([(v, values[_short_name(v)]) for v in targets])
+
+
+_PHASES = ("qat_on", "qat_frozen")
+
+
+def rebuilt_copy(layer, source):
+    """A fresh copy of `layer`, built, holding the values of `source`'s weights.
+
+    Quantizers look at the weights when they are built (tfmot's
+    cluster-preserving quantizer counts the kernel's distinct values), so a
+    wrapper must wrap a layer that already holds its trained weights.
+    """
+    copy_ = layer.__class__.from_config(layer.get_config())
+    copy_.build(layer._build_input_shape)
+    copy_weights_by_name(source, copy_)
+    return copy_

@@ -1,0 +1,103 @@
+"""`cluster`: weight sharing with tfmot's clustering wrappers, started by the fit."""
+
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_config, clustering_registry
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfcompress._keras import check_model, keras
+from tfcompress._layers import layer_selector, named_layers
+from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
+from tfcompress.steps import validate_point
+
+INITIALIZATIONS = {
+    "kmeans++": cluster_config.CentroidInitialization.KMEANS_PLUS_PLUS,
+    "linear": cluster_config.CentroidInitialization.LINEAR,
+    "density": cluster_config.CentroidInitialization.DENSITY_BASED,
+    "random": cluster_config.CentroidInitialization.RANDOM,
+}
+
+
+def _clusterable(layer):
+    if not clustering_registry.ClusteringRegistry.supports(layer):
+        return False
+    return bool(clustering_registry.ClusteringRegistry.make_clusterable(layer).get_clusterable_weights())
+
+
+def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity=False, layers=None):
+    """Returns a copy of `model` whose kernels share `clusters` values after `begin`.
+
+    Each chosen layer is wrapped with tfmot's `ClusterWeights`. Before `begin`
+    kernels train as floats; at `begin` (driven by `tfc.CompressionCallback`)
+    the centroids are initialized from the kernels as trained so far and from
+    then on every kernel holds at most `clusters` distinct values, which
+    compress well (see `tfc.summary`'s gzip column).
+
+    Arguments:
+        model: a built Sequential or functional tf_keras model.
+        clusters: shared values per kernel (> 1).
+        begin: when clustering starts: a fraction of the fit (float) or a step (int).
+        init: centroid initialization, as tfmot offers it: "kmeans++",
+            "linear", "density" or "random".
+        preserve_sparsity: keep zero weights at zero (for a model stripped
+            after `tfc.prune`).
+        layers: which layers: names, layer classes or a predicate; None
+            clusters every layer tfmot can cluster (Dense, Conv, ...).
+
+    Returns:
+        A new tf_keras model with clustering wrappers (compile it before fit).
+
+    Example:
+
+    ```python
+    clustered = tfc.cluster(model, clusters=16, begin=0.3)
+    clustered.compile(...)
+    clustered.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
+    final = tfc.strip(clustered)
+    ```
+    """
+    check_model(model, "tfc.cluster")
+    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 2:
+        raise ValueError(f"`clusters` must be an int >= 2; got {clusters!r}.")
+    if init not in INITIALIZATIONS:
+        raise ValueError(f"`init` must be one of {sorted(INITIALIZATIONS)}; got {init!r}.")
+    begin = validate_point(begin, "begin")
+    if find_cluster_wrappers(model):
+        raise ValueError("This model is already clustered; call tfc.strip(model) before clustering it again.")
+    chosen = layer_selector(model, layers)
+    named = named_layers(layers)
+    copies = []
+
+    def wrap(layer):
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            raise ValueError(
+                "tfc.cluster cannot wrap a pruned layer. Strip the pruned model first and keep "
+                "its zeros: tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
+            )
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=wrap)
+        copy = layer.__class__.from_config(layer.get_config())
+        if (chosen is not None and not chosen(layer)) or not _clusterable(layer):
+            copies.append((layer, copy))
+            if layer.name in named:
+                raise ValueError(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) cannot be clustered by tfmot. "
+                    "Leave it out of `layers=`, or implement "
+                    "tfmot.clustering.keras.ClusterableLayer on it."
+                )
+            return copy
+        # Weights go in before wrapping: tfmot computes the centroids when the wrapper is built.
+        copy.build(layer._build_input_shape)
+        copy.set_weights(layer.get_weights())
+        return ClusterWeights(
+            copy,
+            clusters,
+            begin=begin,
+            cluster_centroids_init=INITIALIZATIONS[init],
+            preserve_sparsity=preserve_sparsity,
+        )
+
+    clustered = keras.models.clone_model(model, clone_function=wrap)
+    for original, copy in copies:
+        copy.set_weights(original.get_weights())
+    if not find_cluster_wrappers(clustered):
+        raise ValueError("tfc.cluster found no layer tfmot can cluster in this model.")
+    return clustered
