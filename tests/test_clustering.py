@@ -1,0 +1,85 @@
+"""tfc.cluster: weight sharing started by the fit, stripped, summarized, kept through QAT."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+from conftest import compile_classifier, dense_digits_model
+
+import tfcompress as tfc
+from tfcompress.clustering import cluster
+from tfcompress.quantization import quantize
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits):
+    x, y, _, _ = digits
+    model = compile_classifier(dense_digits_model(seed=2), learning_rate=3e-3)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    return model
+
+
+def test_kernels_have_at_most_k_values_after_strip(trained_mlp, digits):
+    x, y, x_test, y_test = digits
+    clustered = compile_classifier(cluster(trained_mlp, clusters=16, begin=0.5), learning_rate=1e-4)
+    np.testing.assert_array_equal(clustered.predict(x_test, verbose=0), trained_mlp.predict(x_test, verbose=0))
+    callback = tfc.CompressionCallback()
+    clustered.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
+    assert callback.plan[0]["begin_step"] == 22 and callback.plan[0]["clusters"] == 16
+    final = compile_classifier(tfc.strip(clustered))
+    for name in ("hidden1", "hidden2", "logits"):
+        assert np.unique(final.get_layer(name).kernel.numpy()).size <= 16, name
+    info = tfc.summary(final, print_fn=None)
+    dense_info = tfc.summary(trained_mlp, print_fn=None)
+    assert {row.clusters for row in info.rows} <= set(range(2, 17))
+    assert {row.clusters for row in dense_info.rows} == {0}
+    assert info.total.gzip_bytes < 0.5 * dense_info.total.gzip_bytes
+    dense_accuracy = trained_mlp.evaluate(x_test, y_test, verbose=0)[1]
+    assert final.evaluate(x_test, y_test, verbose=0)[1] >= dense_accuracy - 0.03
+
+
+def test_before_begin_kernels_train_as_floats(trained_mlp, digits):
+    x, y, _, _ = digits
+    clustered = compile_classifier(cluster(trained_mlp, clusters=8, begin=1.0, init="linear"))
+    clustered.fit(x[:256], y[:256], epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    kernel = clustered.get_layer("cluster_hidden2").original_clusterable_weights["kernel"].numpy()
+    assert np.unique(kernel).size > 1000
+
+
+def test_cluster_preserving_qat_keeps_shared_values_in_int8(trained_mlp, digits):
+    x, y, x_test, y_test = digits
+    clustered = compile_classifier(cluster(trained_mlp, clusters=16), learning_rate=1e-4)
+    clustered.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    qat = compile_classifier(quantize(tfc.strip(clustered), preserve="clusters"), learning_rate=1e-4)
+    qat.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    converter = tf.lite.TFLiteConverter.from_keras_model(tfc.strip(qat))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interpreter = Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    kernels = [
+        interpreter.get_tensor(t["index"])
+        for t in interpreter.get_tensor_details()
+        if t["dtype"] == np.int8 and len(t["shape"]) == 2 and t["shape"][0] > 1
+    ]
+    assert len(kernels) == 3
+    assert all(np.unique(kernel).size <= 16 for kernel in kernels)
+
+
+def test_errors_name_the_fix(trained_mlp):
+    with pytest.raises(ValueError, match="clusters"):
+        cluster(trained_mlp, clusters=1)
+    with pytest.raises(ValueError, match="init"):
+        cluster(trained_mlp, init="median")
+    with pytest.raises(ValueError, match="preserve_sparsity=True"):
+        cluster(tfc.prune(trained_mlp, 0.5))
+    with pytest.raises(ValueError, match="preserve='clusters'"):
+        quantize(cluster(trained_mlp))
+    with pytest.raises(ValueError, match="'flatten'.*cannot be clustered"):
+        cluster(trained_mlp, layers=["flatten"])
+    unclustered = compile_classifier(cluster(trained_mlp))
+    with pytest.raises(RuntimeError, match="CompressionCallback"):
+        unclustered.fit(np.zeros((8, 8, 8, 1), "float32"), np.zeros(8, "int64"), verbose=0)
+    import keras as keras3
+
+    with pytest.raises(TypeError, match="tf_keras"):
+        cluster(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(4)]))
