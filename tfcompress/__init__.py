@@ -3,18 +3,32 @@
     import tf_keras as keras
     import tfcompress as tfc
 
-    model = tfc.prune(model, final_sparsity=0.8)
+    model = tfc.prune(model, final_sparsity=0.8)        # magnitude pruning
+    model = tfc.quantize(model, start=0.6)              # QAT from 60% of the fit
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
     final = tfc.strip(model)
     tfc.summary(final)
 """
 
-from tfcompress import pruning
+from tfcompress import clustering, pruning, quantization
 from tfcompress.callbacks import CompressionCallback
+from tfcompress.clustering import cluster
 from tfcompress.pruning import prune
+from tfcompress.quantization import quantize
 from tfcompress.strip import strip
 from tfcompress.summary import summary
 from tfcompress.version import __version__
 
-__all__ = ["CompressionCallback", "prune", "pruning", "strip", "summary", "__version__"]
+__all__ = [
+    "CompressionCallback",
+    "cluster",
+    "clustering",
+    "prune",
+    "pruning",
+    "quantization",
+    "quantize",
+    "strip",
+    "summary",
+    "__version__",
+]
