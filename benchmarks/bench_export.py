@@ -173,12 +173,12 @@ def main(argv):
         if r["precision"] in ("int8", "edgetpu"):
             if r["params"] > 100_000 and r["precision"] == "int8" and r["sparse_bytes"] is None:
                 goals.append((f"{r['model']} int8 bytes <= {GOAL_INT8_RATIO}x fp32",
-                              r["ratio_to_fp32"] <= GOAL_INT8_RATIO, f"{r['ratio_to_fp32']:.3f}x"))
+                              r["ratio_to_fp32"] <= GOAL_INT8_RATIO, f"({r['ratio_to_fp32']:.3f}x)"))
             goals.append((f"{r['model']} {r['precision']} fully integer", r["fully_integer"], ""))
         if r["model"] != "digits_cnn_pruned":
-            drop = 100 * (r["keras_accuracy"] - r["tflite_accuracy"])
-            goals.append((f"{r['model']} {r['precision']} accuracy within {GOAL_ACCURACY_POINTS} point",
-                          abs(drop) <= GOAL_ACCURACY_POINTS, f"{drop:+.2f} points"))
+            delta = 100 * (r["tflite_accuracy"] - r["keras_accuracy"])
+            goals.append((f"{r['model']} {r['precision']} accuracy within {GOAL_ACCURACY_POINTS} point of Keras",
+                          abs(delta) <= GOAL_ACCURACY_POINTS, f"(tflite {delta:+.2f} points)"))
     print()
     print("Goals:")
     for name, ok, detail in goals:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow as tf
 
 import tflite_export
 from tflite_export.edgetpu import SUPPORTED_OPS
@@ -88,3 +89,21 @@ def test_table_covers_the_common_layers():
         assert op in SUPPORTED_OPS
     for op in ("DEQUANTIZE", "LEAKY_RELU", "HARD_SWISH", "EXP"):
         assert op not in SUPPORTED_OPS
+
+
+@pytest.mark.parametrize("name, layer, reason", [
+    ("z-mean over 3 channels", lambda t: tf.reduce_mean(t, axis=-1, keepdims=True), "not a multiple of 4"),
+    ("stride-2 slice", lambda t: t[:, ::2, :, :], "strides are not all 1"),
+])
+def test_published_limitations_of_supported_ops_are_checked(name, layer, reason, digits, tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(3, 3, padding="same")(inputs)
+    x = keras.layers.Lambda(layer)(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+    result = tflite_export.export(model, tmp_path / "m.tflite", "edgetpu", digits[0][:32])
+    report = result.edgetpu
+    split = report.ops[report.first_cpu_op]
+    assert split.op in SUPPORTED_OPS and not split.on_edgetpu, name
+    assert reason in split.reason and split.fix
+    assert [op.op for op in report.ops[: report.first_cpu_op]] == ["QUANTIZE", "CONV_2D"]
