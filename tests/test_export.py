@@ -205,6 +205,7 @@ def test_representative_data_accepts_arrays_tuples_datasets_and_generators(digit
         "batched dataset": tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(32),
         "unbatched dataset": tf.data.Dataset.from_tensor_slices(x_train),
         "generator": (x_train[i:i + 10] for i in range(0, 400, 10)),
+        "TFLiteConverter-style callable": lambda: ([x_train[i:i + 1]] for i in range(150)),
     }
     for name, data in forms.items():
         result = tflite_export.export(digits_cnn, tmp_path / "m.tflite", "int8", data,

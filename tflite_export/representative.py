@@ -18,7 +18,13 @@ def _to_numpy(value):
 
 
 def _first_of_pair(element, pair_types=(tuple, list)):
-    """(x, y) or (x, y, sample_weight) elements contribute their x."""
+    """(x, y) or (x, y, sample_weight) elements contribute their x.
+
+    A one-element list is TFLiteConverter's own `representative_dataset`
+    convention (`yield [x]`), so it contributes its only array.
+    """
+    if isinstance(element, (tuple, list)) and len(element) == 1:
+        return element[0]
     if isinstance(element, pair_types) and len(element) in (2, 3):
         return element[0]
     if isinstance(element, dict):
