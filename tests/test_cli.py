@@ -77,8 +77,11 @@ def test_verify_passes_and_fails_on_thresholds(files, capsys):
     code, out, _ = run(capsys, "verify", path, "--data", files / "validation.npz", "--reference", reference,
                        "--latency_runs", "5")
     assert code == 0 and "fp32 flatbuffer" in out and "median latency" in out
-    code, out, _ = run(capsys, "verify", path, "--data", files / "positional.npz", "--json", "--latency_runs", "0")
-    assert code == 0 and json.loads(out)["tflite_accuracy"] > 0.85
+    code, out, _ = run(capsys, "verify", path, "--data", files / "positional.npz", "--json", "--latency_runs", "0",
+                       "--keras", files / "digits.keras")
+    data = json.loads(out)
+    assert code == 0 and data["tflite_accuracy"] > 0.85 and data["agreement_with"] == "keras"
+    assert abs(data["accuracy_drop"]) <= 0.015
     code, _, err = run(capsys, "verify", path, "--data", files / "validation.npz", "--min_accuracy", "0.9999",
                        "--latency_runs", "0")
     assert code == 1 and "FAILED" in err and "min_accuracy" in err

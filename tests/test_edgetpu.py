@@ -18,6 +18,7 @@ def test_digits_cnn_maps_fully(exported_digits):
     text = str(report)
     assert "Mapped to Edge TPU" in text and "edgetpu_compiler" in text
     assert json.loads(report.to_json())["fully_mapped"] is True
+    assert all(op.version >= 1 for op in report.ops)
 
 
 def test_float_io_int8_file_is_flagged_with_the_fix(exported_digits):

@@ -2,7 +2,7 @@
 
     tfcompress export MODEL --precision int8 --calibration data.npz --output out.tflite [--validation data.npz]
     tfcompress inspect FILE.tflite [--json] [--edgetpu]
-    tfcompress verify FILE.tflite --data data.npz [--reference fp32.tflite] [--min_accuracy 0.9]
+    tfcompress verify FILE.tflite --data data.npz [--reference fp32.tflite] [--keras MODEL] [--min_accuracy 0.9]
 
 Exit codes: 0 success, 1 a verification threshold was missed or the model cannot be
 converted as asked (an op failure), 2 a usage error or bad input (missing or corrupt
@@ -34,6 +34,7 @@ flags.DEFINE_list("mean", None, "export: input normalization mean(s) for Android
 flags.DEFINE_list("std", None, "export: input normalization std(s) for Android metadata.")
 flags.DEFINE_string("data", None, "verify: .npz with 'x' and 'y' (or the first two arrays).")
 flags.DEFINE_string("reference", None, "verify: the FP32 .tflite twin, for agreement and latency.")
+flags.DEFINE_string("keras", None, "verify: the saved Keras model, for Keras accuracy and agreement.")
 flags.DEFINE_float("min_accuracy", None, "export/verify: exit 1 when TFLite accuracy is below this.")
 flags.DEFINE_float("max_accuracy_drop", None, "export: exit 1 when Keras minus TFLite accuracy exceeds this.")
 flags.DEFINE_integer("threads", 1, "export/verify: LiteRT threads for the latency measurement.")
@@ -46,7 +47,7 @@ USAGE = f"""tfcompress {__version__}: compress tf_keras models and export them t
 Usage:
   tfcompress export MODEL --precision int8 --calibration data.npz [--output out.tflite] [--validation data.npz]
   tfcompress inspect FILE.tflite [--json] [--edgetpu]
-  tfcompress verify FILE.tflite --data data.npz [--reference fp32.tflite] [--min_accuracy 0.9]
+  tfcompress verify FILE.tflite --data data.npz [--reference fp32.tflite] [--keras MODEL] [--min_accuracy 0.9]
   tfcompress --version
   tfcompress --help
 
@@ -160,8 +161,13 @@ def _verify(args):
     if not FLAGS.data:
         raise UsageError("verify needs --data data.npz with the validation inputs x (and labels y).")
     x, y = _load_arrays(FLAGS.data, "data", False)
-    result = tflite_export.verify(args[0], x, y, reference=FLAGS.reference, num_threads=FLAGS.threads,
-                                  latency_runs=FLAGS.latency_runs)
+    keras_model = None
+    if FLAGS.keras:
+        if not os.path.exists(FLAGS.keras):
+            raise UsageError(f"--keras {FLAGS.keras}: file does not exist.")
+        keras_model = tflite_export.load_keras_model(FLAGS.keras)
+    result = tflite_export.verify(args[0], x, y, keras_model=keras_model, reference=FLAGS.reference,
+                                  num_threads=FLAGS.threads, latency_runs=FLAGS.latency_runs)
     _print(result)
     result.check(min_accuracy=FLAGS.min_accuracy)
     return 0

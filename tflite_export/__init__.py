@@ -13,7 +13,7 @@ Modules are named after the concept (`inspection`, `verification`) rather than
 after the functions, so `tflite_export.inspect` / `.verify` stay functions.
 """
 
-from tflite_export.convert import PRECISIONS, export, weight_sparsity
+from tflite_export.convert import PRECISIONS, export, load_keras_model, weight_sparsity
 from tflite_export.edgetpu import SUPPORTED_OPS, EdgeTPUReport, mapping_report as edgetpu_report
 from tflite_export.errors import (
     ConversionError,
@@ -32,5 +32,5 @@ __all__ = [
     "PRECISIONS", "SUPPORTED_OPS", "ConversionError", "EdgeTPUCompatibilityError", "EdgeTPUReport", "ExportResult",
     "InvalidModelFileError", "ModelReport", "RepresentativeDataError", "VerificationError",
     "VerificationResult", "add_metadata", "collect_samples", "edgetpu_report", "embed_metadata",
-    "export", "inspect", "read_metadata", "verify", "weight_sparsity",
+    "export", "inspect", "load_keras_model", "read_metadata", "verify", "weight_sparsity",
 ]

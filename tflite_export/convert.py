@@ -41,8 +41,20 @@ def _keras():
     return keras
 
 
-def _load_model(source, custom_objects=None):
-    """Loads a `.keras`, `.h5` or SavedModel path with tfmot's wrappers in scope."""
+def load_keras_model(source, custom_objects=None):
+    """Loads a tf_keras model from a `.keras`, `.h5` or SavedModel path, tfmot wrappers in scope.
+
+    Arguments:
+        source: the model path.
+        custom_objects: dict of custom layers/functions the file refers to.
+
+    Returns:
+        The tf_keras model (not compiled).
+
+    Example:
+
+    >>> model = tflite_export.load_keras_model("digits.keras")
+    """
     import tensorflow_model_optimization as tfmot
 
     source = os.fspath(source)
@@ -288,7 +300,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         raise FileNotFoundError(f"Cannot write {path}: directory {os.path.dirname(path)} does not "
                                 "exist. Create it first or choose another path.")
     if isinstance(model, (str, os.PathLike)):
-        model = _load_model(model, custom_objects)
+        model = load_keras_model(model, custom_objects)
     _check_model(model)
     notes = []
     model, stripped, qat = _strip(model, notes)

@@ -90,6 +90,7 @@ class OpMapping:
     on_edgetpu: bool
     reason: str = ""
     fix: str = ""
+    version: int = 1  # the builtin op version; the compiler reports unknown versions as unmapped
 
     def to_dict(self):
         return dict(vars(self))
@@ -265,14 +266,14 @@ def mapping_report(path_or_bytes, path=None):
         if first_cpu is not None:
             ops.append(OpMapping(op.index, op.name, coral, False,
                                  "runs on the CPU: after the first unmapped op (the graph splits once)",
-                                 ""))
+                                 "", op.version))
             continue
         problems = _op_problems(op, structure)
         if problems:
             first_cpu = op.index
             kind = problems[0][0]
             ops.append(OpMapping(op.index, op.name, coral, False, "; ".join(p[1] for p in problems),
-                                 _FIXES[kind]))
+                                 _FIXES[kind], op.version))
         else:
-            ops.append(OpMapping(op.index, op.name, coral, True))
+            ops.append(OpMapping(op.index, op.name, coral, True, version=op.version))
     return EdgeTPUReport(path=name, ops=ops, first_cpu_op=first_cpu, model_problems=model_problems)
