@@ -6,12 +6,13 @@ import re
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_configs,
     default_8bit_quantize_registry,
 )
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import check_model, keras
-from tfcompress._layers import layer_selector
+from tfcompress._layers import all_layers, layer_selector
 from tfcompress._metrics import CurrentValue
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
@@ -50,8 +51,46 @@ def attach_phase_report(model):
     object.__setattr__(wrappers[-1], "_tfc_phase_report", CurrentValue("qat_phase"))
 
 
+def _consumers(layer):
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def _pruned_conv_batchnorm(model):
+    """Configs for BatchNorms fed by a pruned convolution, as tfmot's transforms give unwrapped ones.
+
+    tfmot's layout transforms match Conv2D + BatchNorm (+ ReLU) by class name
+    and so miss a pruned convolution; without this, BatchNorm would have no
+    config and a fake quant would sit between convolution and BatchNorm.
+    """
+    convs, norms = set(), {}
+    for layer in all_layers(model):
+        if not isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            continue
+        inner, consumers = layer.layer, _consumers(layer)
+        if (
+            isinstance(inner, keras.layers.Conv2D)
+            and keras.activations.serialize(inner.activation) == "linear"
+            and len(consumers) == 1
+            and isinstance(consumers[0], keras.layers.BatchNormalization)
+        ):
+            norm = consumers[0]
+            after = _consumers(norm)
+            into_relu = len(after) == 1 and (
+                isinstance(after[0], keras.layers.ReLU)
+                or (isinstance(after[0], keras.layers.Activation) and after[0].get_config()["activation"] == "relu")
+            )
+            convs.add(layer.name)
+            norms[norm.name] = (
+                default_8bit_quantize_configs.NoOpQuantizeConfig()
+                if into_relu
+                else default_8bit_quantize_configs.Default8BitOutputQuantizeConfig()
+            )
+    return convs, norms
+
+
 def _annotate(model, chosen):
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    convs_into_norm, norm_configs = _pruned_conv_batchnorm(model)
 
     def annotate(layer):
         if isinstance(layer, keras.Model):
@@ -64,8 +103,12 @@ def _annotate(model, chosen):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
             if not registry.supports(layer.layer):
                 return layer
-            config = PrunedLayerQuantizeConfig(registry.get_quantize_config(layer.layer))
+            config = PrunedLayerQuantizeConfig(
+                registry.get_quantize_config(layer.layer), quantize_activation=layer.name not in convs_into_norm
+            )
             return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
+        if layer.name in norm_configs:
+            return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=norm_configs[layer.name])
         return tfmot.quantization.keras.quantize_annotate_layer(layer)
 
     return keras.models.clone_model(model, clone_function=annotate)

@@ -4,7 +4,7 @@ import copy
 
 from absl import logging
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation, quantize_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
@@ -42,9 +42,13 @@ def strip_quantization(model):
     def plain(layer):
         if isinstance(layer, QuantizeWrapper):
             inner, config = layer.layer, layer.quantize_config
+            plain_inner = rebuilt_copy(inner.layer if isinstance(config, PrunedLayerQuantizeConfig) else inner, layer)
             if isinstance(config, PrunedLayerQuantizeConfig):
-                inner, config = inner.layer, config.inner
-            new = tfmot.quantization.keras.QuantizeWrapperV2(rebuilt_copy(inner, layer), copy.deepcopy(config))
+                if not config.quantize_activation:
+                    # How tfmot marks a convolution feeding a BatchNorm: no fake quant in between.
+                    plain_inner.activation = quantize_aware_activation.NoOpActivation()
+                config = config.inner
+            new = tfmot.quantization.keras.QuantizeWrapperV2(plain_inner, copy.deepcopy(config))
         elif isinstance(layer, QuantizeInput):
             quantizer = layer.quantizer.inner if isinstance(layer.quantizer, GatedQuantizer) else layer.quantizer
             new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name)

@@ -160,36 +160,48 @@ class QuantizeInput(quantize_layer.QuantizeLayer, PhasedQuantization):
 
 @keras.utils.register_keras_serializable(package="tfcompress")
 class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-    """Quantizes the layer inside a pruning wrapper with that layer's own config."""
+    """Quantizes the layer inside a pruning wrapper with that layer's own config.
 
-    def __init__(self, inner):
+    Arguments:
+        inner: the config tfmot's registry gives the unwrapped layer.
+        quantize_activation: False for a convolution feeding a BatchNorm, so
+            no fake quant sits between them (what tfmot's Conv + BatchNorm
+            transforms do for unwrapped layers) and the converter folds them.
+    """
+
+    def __init__(self, inner, quantize_activation=True):
         self.inner = inner
+        self.quantize_activation = quantize_activation
 
     def get_weights_and_quantizers(self, layer):
         return self.inner.get_weights_and_quantizers(layer.layer)
 
     def get_activations_and_quantizers(self, layer):
-        return self.inner.get_activations_and_quantizers(layer.layer)
+        return self.inner.get_activations_and_quantizers(layer.layer) if self.quantize_activation else []
 
     def set_quantize_weights(self, layer, quantize_weights):
         self.inner.set_quantize_weights(layer.layer, quantize_weights)
 
     def set_quantize_activations(self, layer, quantize_activations):
-        self.inner.set_quantize_activations(layer.layer, quantize_activations)
+        if self.quantize_activation:
+            self.inner.set_quantize_activations(layer.layer, quantize_activations)
 
     def get_output_quantizers(self, layer):
-        return self.inner.get_output_quantizers(layer.layer)
+        return self.inner.get_output_quantizers(layer.layer) if self.quantize_activation else []
 
     def get_config(self):
-        return {"inner": keras.utils.serialize_keras_object(self.inner)}
+        return {
+            "inner": keras.utils.serialize_keras_object(self.inner),
+            "quantize_activation": self.quantize_activation,
+        }
 
     @classmethod
     def from_config(cls, config):
         with tfmot.quantization.keras.quantize_scope():
-            return cls(keras.utils.deserialize_keras_object(config["inner"]))
+            return cls(keras.utils.deserialize_keras_object(config["inner"]), config.get("quantize_activation", True))
 
     def __deepcopy__(self, memo):
-        return PrunedLayerQuantizeConfig(copy.deepcopy(self.inner, memo))
+        return PrunedLayerQuantizeConfig(copy.deepcopy(self.inner, memo), self.quantize_activation)
 
 
 def find_quantization_layers(model):
@@ -229,6 +241,7 @@ def rebuilt_copy(layer, source):
     wrapper must wrap a layer that already holds its trained weights.
     """
     copy_ = layer.__class__.from_config(layer.get_config())
-    copy_.build(layer._build_input_shape)
+    # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
+    copy_.build(source.input_shape)
     copy_weights_by_name(source, copy_)
     return copy_
