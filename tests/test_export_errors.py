@@ -6,7 +6,6 @@ import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cnn_digits_model
 
 import tflite_export
 from tflite_export import EdgeTPUCompatibilityError, RepresentativeDataError, VerificationError

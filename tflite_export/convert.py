@@ -143,7 +143,7 @@ def _input_shape(model):
     return tuple(model.inputs[0].shape[1:])
 
 
-def _converter(model, precision, samples, io_dtype, qat, sparse):
+def _converter(model, precision, samples, io_dtype, sparse):
     tf = _tf()
     if precision == "edgetpu":
         shape = _input_shape(model)
@@ -180,7 +180,7 @@ def _converter(model, precision, samples, io_dtype, qat, sparse):
     return converter
 
 
-def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, sparse=False):
+def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False):
     """Runs the TFLite converter once and returns flatbuffer bytes (no file, no checks).
 
     Arguments:
@@ -188,13 +188,16 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, qat=False, s
         precision: one of `PRECISIONS`.
         samples: float32 calibration samples for int8/int16x8/edgetpu (None for QAT models).
         io_dtype: `None`/"float32", "int8", "uint8" or "int16" IO (see `export`).
-        qat: True when the model carries QAT quantize wrappers.
         sparse: apply the converter's sparse encoding.
 
     Returns:
         The flatbuffer bytes.
+
+    Example:
+
+    >>> content = convert_to_bytes(model, "fp16")
     """
-    converter = _converter(model, precision, samples, io_dtype, qat, sparse)
+    converter = _converter(model, precision, samples, io_dtype, sparse)
     try:
         with warnings.catch_warnings():
             # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
@@ -317,7 +320,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     elif representative_data is not None:
         notes.append(f"representative_data ignored: {precision} needs no calibration")
 
-    content = convert_to_bytes(model, precision, samples, io_dtype, qat)
+    content = convert_to_bytes(model, precision, samples, io_dtype)
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
     sparsity = weight_sparsity(model)
     if sparse is False:
@@ -327,7 +330,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     elif sparsity < SPARSE_THRESHOLD and sparse == "auto":
         sparse_state = f"not sparse ({sparsity:.0%} zero weights)"
     else:
-        sparse_content = convert_to_bytes(model, precision, samples, io_dtype, qat, sparse=True)
+        sparse_content = convert_to_bytes(model, precision, samples, io_dtype, sparse=True)
         sparse_bytes = len(sparse_content)
         if sparse_bytes >= dense_bytes:
             sparse_state = "not smaller; dense kept"

@@ -11,7 +11,6 @@ in the model's metadata entry named "TFLITE_METADATA", plus associated files
 """
 
 import io
-import os
 import zipfile
 
 import flatbuffers

@@ -1,8 +1,5 @@
 """Calibration ("representative") data: accepted forms, bounded size, validated contents."""
 
-import itertools
-import types
-
 import numpy as np
 
 from tflite_export.errors import RepresentativeDataError
@@ -48,9 +45,7 @@ def _iter_arrays(data):
         pass
     if callable(data) and not isinstance(data, np.ndarray):
         data = data()
-    if isinstance(data, (types.GeneratorType, itertools.islice)) or (
-        hasattr(data, "__next__") and not isinstance(data, (np.ndarray, tuple, list))
-    ):
+    if hasattr(data, "__next__"):  # generators and other iterators
         for element in data:
             yield _to_numpy(_first_of_pair(element))
         return
