@@ -213,3 +213,32 @@ def test_representative_data_accepts_arrays_tuples_datasets_and_generators(digit
         assert result.calibration_samples == 100, name
         accuracy = tflite_export.verify(result.path, x_test, y_test, latency_runs=0).tflite_accuracy
         assert abs(accuracy - keras_accuracy) <= 0.015, name
+
+
+def test_int16x8_with_int16_io(digits_cnn, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    result = tflite_export.export(digits_cnn, tmp_path / "m.tflite", "int16x8", x_train[:128],
+                                  (x_test, y_test), io_dtype="int16", latency_runs=0)
+    assert result.inputs[0]["dtype"] == "int16" and result.outputs[0]["dtype"] == "int16"
+    assert result.inputs[0]["zero_point"] == 0  # int16 activations are symmetric
+    assert abs(result.verification.accuracy_drop) <= 0.015
+
+
+def test_binary_tabular_classifier_with_one_sigmoid_unit(breast_cancer, tmp_path):
+    x_train, y_train, x_test, y_test = breast_cancer
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.layers.Dense(32, activation="relu", input_shape=(30,)),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+    result = tflite_export.export(model, tmp_path / "cancer.tflite", "int8", x_train, (x_test, y_test),
+                                  latency_runs=0, metadata={"name": "breast cancer", "labels": ["malignant"]})
+    v = result.verification
+    assert v.keras_accuracy > 0.9
+    # 119 test examples: one example is 0.84 points, so allow two borderline flips.
+    assert abs(v.accuracy_drop) * v.samples <= 2 and v.agreement >= 0.97
+    assert result.report.fully_integer
+    meta = tflite_export.read_metadata(result.path)
+    assert meta["inputs"][0]["content"] == "feature" and meta["labels"] == ["malignant"]
