@@ -79,3 +79,47 @@ def test_verify_thresholds_and_bad_data(exported_digits, digits, digits_cnn):
         tflite_export.verify(path, x_test.reshape(len(x_test), 64), y_test)
     with pytest.raises(ValueError, match="y has"):
         tflite_export.verify(path, x_test, y_test[:10])
+
+
+def test_files_with_custom_ops_are_inspected_but_not_run(tmp_path):
+    """An edgetpu_compiler output holds a custom op; inspect must describe it, verify must explain."""
+    import tensorflow as tf
+
+    from tfcompress._keras import keras
+
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Lambda(lambda t: tf.math.bessel_i0e(t))(inputs)  # no TFLite builtin
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, keras.layers.Dense(2)(hidden)))
+    converter.allow_custom_ops = True
+    path = tmp_path / "custom.tflite"
+    path.write_bytes(converter.convert())
+    report = tflite_export.inspect(path)
+    assert report.op_counts == {"CUSTOM:BesselI0e": 1, "FULLY_CONNECTED": 1}
+    with pytest.raises(InvalidModelFileError, match="custom ops"):
+        tflite_export.verify(path, np.zeros((2, 8), "float32"))
+    assert "not in Coral" in tflite_export.edgetpu_report(path).ops[0].reason
+
+
+def test_an_edgetpu_compiled_custom_op_counts_as_mapped(tmp_path):
+    """The compiler's output wraps the mapped graph in `edgetpu-custom-op`; rename a custom op to it."""
+    import tensorflow as tf
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tfcompress._keras import keras
+
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Lambda(lambda t: tf.math.bessel_i0e(t))(inputs)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, keras.layers.Dense(2)(hidden)))
+    converter.allow_custom_ops = True
+    model = schema.ModelT.InitFromPackedBuf(bytearray(converter.convert()), 0)
+    for code in model.operatorCodes:
+        if code.customCode:
+            code.customCode = b"edgetpu-custom-op"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "model_edgetpu.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    report = tflite_export.edgetpu_report(path)
+    assert report.ops[0].on_edgetpu and report.ops[0].reason == "already compiled for the Edge TPU"
+    assert "CUSTOM:edgetpu-custom-op" in tflite_export.inspect(path).op_counts

@@ -147,7 +147,7 @@ class EdgeTPUReport:
         # Same shape as the compiler's own log: operator, count, status.
         groups = {}
         for op in self.ops:
-            status = "Mapped to Edge TPU" if op.on_edgetpu else op.reason
+            status = ("Mapped to Edge TPU" if op.on_edgetpu and not op.reason else op.reason)
             groups[(op.op, status)] = groups.get((op.op, status), 0) + 1
         width = max([len(k[0]) for k in groups] + [8])
         lines = [f"Edge TPU offline mapping report: {self.path}",
@@ -267,6 +267,10 @@ def mapping_report(path_or_bytes, path=None):
             ops.append(OpMapping(op.index, op.name, coral, False,
                                  "runs on the CPU: after the first unmapped op (the graph splits once)",
                                  "", op.version))
+            continue
+        if op.name == "CUSTOM:edgetpu-custom-op":  # already compiled by edgetpu_compiler
+            ops.append(OpMapping(op.index, op.name, "edgetpu-custom-op", True,
+                                 "already compiled for the Edge TPU", version=op.version))
             continue
         problems = _op_problems(op, structure)
         if problems:

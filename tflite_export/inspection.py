@@ -51,15 +51,18 @@ def inspect(path):
     >>> report.fully_integer, report.inputs[0]["dtype"]
     (True, 'uint8')
     """
-    from tflite_export.verification import load_interpreter
+    from ai_edge_litert.interpreter import Interpreter
 
     data = read_flatbuffer(path)
     report = report_from_bytes(data, os.fspath(path))
-    # The Python parser is lenient about truncated buffers; LiteRT's verifier is not.
+    # The Python parser is lenient about truncated buffers; LiteRT's flatbuffer verifier,
+    # which runs when an interpreter is built, is not. Building needs no kernels, so
+    # files with custom ops (e.g. an edgetpu_compiler output) still pass.
     try:
-        load_interpreter(data)
-    except InvalidModelFileError as e:
+        Interpreter(model_content=data)
+    except ValueError as e:
         raise InvalidModelFileError(
-            f"{os.fspath(path)} is not a valid TFLite flatbuffer (truncated or corrupted?): {e}"
+            f"{os.fspath(path)} is not a valid TFLite flatbuffer (truncated or corrupted?): {e}. "
+            "Export it again with tflite_export.export()."
         ) from e
     return report

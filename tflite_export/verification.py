@@ -45,6 +45,12 @@ def load_interpreter(content, num_threads=1):
             )
             interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as e:
+            if "custom op" in str(e):
+                raise InvalidModelFileError(
+                    f"LiteRT cannot run this flatbuffer: {e}. It contains custom ops, which need "
+                    "their own kernels (an edgetpu_compiler output needs the Edge TPU delegate, "
+                    "libedgetpu, and the device); verify the file from before compilation instead."
+                ) from e
             raise InvalidModelFileError(
                 f"LiteRT cannot load this flatbuffer: {e} (default runtime: {default_error}). "
                 "Export it again, or use a precision that LiteRT supports for these ops."
