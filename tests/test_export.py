@@ -109,10 +109,11 @@ def test_int8_with_integer_io(io_dtype, digits_cnn, digits, tmp_path):
     assert result.verification.accuracy_drop <= 0.015
 
 
-def test_export_from_a_saved_keras_file(digits_cnn, digits, tmp_path):
+@pytest.mark.parametrize("filename", ["digits.keras", "digits.h5"])
+def test_export_from_a_saved_model_file(filename, digits_cnn, digits, tmp_path):
     _, _, x_test, y_test = digits
-    digits_cnn.save(tmp_path / "digits.keras")
-    result = tflite_export.export(str(tmp_path / "digits.keras"), tmp_path / "m.tflite", "fp32",
+    digits_cnn.save(tmp_path / filename)
+    result = tflite_export.export(str(tmp_path / filename), tmp_path / "m.tflite", "fp32",
                                   validation_data=(x_test, y_test), latency_runs=0)
     assert result.verification.agreement == 1.0
     assert result.verification.max_abs_diff < 1e-4
