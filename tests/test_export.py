@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import EXPORT_PRECISIONS, compile_classifier, dense_digits_model
+from conftest import EXPORT_PRECISIONS, cnn_digits_model, compile_classifier, dense_digits_model
 
 import tflite_export
 from tfcompress._keras import keras
@@ -243,3 +243,18 @@ def test_binary_tabular_classifier_with_one_sigmoid_unit(breast_cancer, tmp_path
     assert result.report.fully_integer
     meta = tflite_export.read_metadata(result.path)
     assert meta["inputs"][0]["content"] == "feature" and meta["labels"] == ["malignant"]
+
+
+def test_tfcompress_qat_pipeline_exports_to_edgetpu_without_calibration(digits, tmp_path):
+    """The GUIDE's pipeline: tfc.quantize -> fit with CompressionCallback -> tfc.strip -> export."""
+    import tfcompress as tfc
+
+    x_train, y_train, x_test, y_test = digits
+    model = compile_classifier(tfc.quantize(cnn_digits_model(seed=0), start=0.5))
+    model.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(tfc.strip(model), tmp_path / "qat_edgetpu.tflite", "edgetpu",
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    assert result.inputs[0]["dtype"] == "uint8" and result.edgetpu.fully_mapped
+    assert result.verification.keras_accuracy > 0.85
+    assert abs(result.verification.accuracy_drop) <= 0.015
