@@ -31,7 +31,8 @@ class GatedQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return self.inner.build(tensor_shape, name, layer)
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if training and self.freezable:
+        # Phases that cannot happen add no ops, so the default graph is tfmot's own.
+        if training and self.freezable and self.owner.freeze is not None:
             quantized = tf.cond(
                 self.owner.qat_frozen > 0,
                 lambda: self.inner(inputs, False, weights, **kwargs),
@@ -39,6 +40,8 @@ class GatedQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             )
         else:
             quantized = self.inner(inputs, training, weights, **kwargs)
+        if self.owner.start == 0:
+            return quantized
         return tf.where(self.owner.qat_on > 0, quantized, inputs)
 
     def get_config(self):

@@ -107,7 +107,7 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
         if isinstance(self.layer, pruning_wrapper.PruneLowMagnitude):
             # Mask first, so the kernel that gets fake-quantized already has its zeros.
             self.layer.pruning_obj.weight_mask_op()
-        if training is True and isinstance(self.layer, keras.layers.BatchNormalization):
+        if training is True and self.freeze is not None and isinstance(self.layer, keras.layers.BatchNormalization):
             return tf.cond(
                 self.qat_frozen > 0,
                 lambda: super(QuantizeWrapper, self).call(inputs, training=False, **kwargs),

@@ -1,0 +1,170 @@
+"""Quantization benchmark on digits with a depthwise-separable (MobileNet-style) net.
+
+    python benchmarks/bench_quantization.py [--epochs 12] [--finetune_epochs 4] [--repeats 3]
+
+Rows: the float model; post-training INT8; QAT with tfmot's `quantize_model`;
+QAT with `tfc.quantize`; prune + QAT in one fit; cluster, then cluster-preserving
+QAT. Every INT8 row is exported with `tflite_export.export(precision="int8")` and
+verified on LiteRT. Fit time is the median wall time of the fine-tuning fit over
+`--repeats` runs (tfc.quantize vs tfmot's quantize_model). Prints a markdown
+table and writes benchmarks/results/quantization.json.
+"""
+
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
+import tfcompress as tfc  # noqa: E402
+import tflite_export  # noqa: E402
+from tflite_export._cpu import cpu_description  # noqa: E402
+from tfcompress._keras import keras  # noqa: E402
+from tfcompress.demo import load_digits  # noqa: E402
+
+flags.DEFINE_integer("epochs", 12, "Float training epochs.")
+flags.DEFINE_integer("finetune_epochs", 4, "Epochs of every compression fine-tune.")
+flags.DEFINE_integer("repeats", 3, "Timed runs of the QAT fine-tune (median reported).")
+flags.DEFINE_float("sparsity", 0.6, "Target sparsity of the prune + QAT row.")
+flags.DEFINE_integer("clusters", 16, "Shared values per kernel of the cluster rows.")
+flags.DEFINE_string("output", "benchmarks/results/quantization.json", "JSON output path.")
+FLAGS = flags.FLAGS
+
+
+def depthwise_net():
+    """Conv-BN-ReLU6 stem and two depthwise-separable blocks, as in MobileNet."""
+    keras.utils.set_random_seed(0)
+
+    def conv_bn(x, filters, kernel, depthwise=False):
+        if depthwise:
+            x = keras.layers.DepthwiseConv2D(kernel, padding="same", use_bias=False)(x)
+        else:
+            x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        return keras.layers.ReLU(6.0)(x)
+
+    inputs = keras.Input((8, 8, 1))
+    x = conv_bn(inputs, 32, 3)
+    x = conv_bn(x, None, 3, depthwise=True)
+    x = conv_bn(x, 64, 1)
+    x = conv_bn(x, None, 3, depthwise=True)
+    x = conv_bn(x, 128, 1)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def compile_model(model, learning_rate):
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def timed_fit(model, x, y, callbacks):
+    start = time.perf_counter()
+    model.fit(x, y, epochs=FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=callbacks)
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    (x, y), (x_test, y_test) = load_digits()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_quantization_"))
+    float_model = compile_model(depthwise_net(), 3e-3)
+    float_model.fit(x, y, epochs=FLAGS.epochs, batch_size=32, verbose=0)
+    finetune_rate = 3e-4
+
+    def export(model, name, **kwargs):
+        result = tflite_export.export(
+            model, str(workdir / f"{name}.tflite"), validation_data=(x_test, y_test), latency_runs=0, **kwargs
+        )
+        return result
+
+    def qat_with(quantize_fn, callbacks):
+        seconds, model = [], None
+        for _ in range(FLAGS.repeats):
+            keras.backend.clear_session()
+            model = compile_model(quantize_fn(), finetune_rate)
+            seconds.append(timed_fit(model, x, y, callbacks()))
+        return model, statistics.median(seconds)
+
+    rows = []
+
+    def add(name, keras_model, result, fit_seconds=None):
+        rows.append(
+            {
+                "pipeline": name,
+                "keras_accuracy": float(keras_model.evaluate(x_test, y_test, verbose=0)[1]),
+                "tflite_accuracy": result.verification.tflite_accuracy,
+                "bytes": result.bytes,
+                "gzip_bytes": result.gzip_bytes,
+                "fit_seconds": fit_seconds,
+            }
+        )
+
+    add("float (fp32 flatbuffer)", float_model, export(float_model, "fp32", precision="fp32"))
+    add("post-training int8", float_model, export(float_model, "ptq", precision="int8", representative_data=x[:256]))
+
+    tfmot_qat, tfmot_seconds = qat_with(lambda: tfmot.quantization.keras.quantize_model(float_model), lambda: [])
+    add("QAT int8 (tfmot quantize_model)", tfmot_qat, export(tfmot_qat, "tfmot_qat", precision="int8"), tfmot_seconds)
+
+    tfc_qat, tfc_seconds = qat_with(lambda: tfc.quantize(float_model, start=0.0), lambda: [tfc.CompressionCallback(verbose=0)])
+    add("QAT int8 (tfc.quantize)", tfc_qat, export(tfc.strip(tfc_qat), "tfc_qat", precision="int8"), tfc_seconds)
+
+    pruned = compile_model(
+        tfc.quantize(tfc.prune(float_model, FLAGS.sparsity, end=0.5), start=0.6), finetune_rate
+    )
+    pruned.fit(x, y, epochs=2 * FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = compile_model(tfc.strip(pruned), finetune_rate)
+    add(f"prune {FLAGS.sparsity:.0%} + QAT int8, one fit", final, export(final, "prune_qat", precision="int8"))
+
+    clustered = compile_model(tfc.cluster(float_model, FLAGS.clusters), finetune_rate)
+    clustered.fit(x, y, epochs=FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    cqat = compile_model(tfc.quantize(tfc.strip(clustered), preserve="clusters"), finetune_rate)
+    cqat.fit(x, y, epochs=FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = compile_model(tfc.strip(cqat), finetune_rate)
+    add(f"cluster {FLAGS.clusters} + cluster-preserving QAT int8", final, export(final, "cluster_qat", precision="int8"))
+
+    cpu = cpu_description()
+    print(
+        f"Quantization on digits (depthwise-separable net, {float_model.count_params():,} params; float "
+        f"{FLAGS.epochs} epochs, fine-tunes {FLAGS.finetune_epochs} epochs); CPU: {cpu['name']}; TF {tf.__version__}\n"
+    )
+    print("| pipeline | Keras acc | TFLite acc | bytes | gzip bytes | fine-tune fit s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        fit = f"{r['fit_seconds']:.2f}" if r["fit_seconds"] else "-"
+        print(
+            f"| {r['pipeline']} | {r['keras_accuracy']:.3f} | {r['tflite_accuracy']:.3f} | {r['bytes']:,} | "
+            f"{r['gzip_bytes']:,} | {fit} |"
+        )
+    ratio = tfc_seconds / tfmot_seconds
+    print(f"\ntfc.quantize fit time / tfmot quantize_model fit time: {ratio:.2f}x (goal <= 1.05x)")
+    output = pathlib.Path(FLAGS.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": "quantization",
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "tensorflow": tf.__version__,
+        "settings": {k: FLAGS[k].value for k in ("epochs", "finetune_epochs", "repeats", "sparsity", "clusters")},
+        "rows": rows,
+        "fit_time_ratio_tfc_vs_tfmot": ratio,
+    }
+    tmp = output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, output)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    app.run(main)
