@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress._keras import check_model, keras
-from tfcompress._metrics import CurrentValue
 from tfcompress.distillation import teacher_cache
 from tfcompress.distillation.losses import FINAL_OUTPUT, DistillationLoss, FeatureDistillation, LogitsDistillation
 from tfcompress.distillation.schedules import check_value, is_scheduled
@@ -16,7 +15,7 @@ from tfcompress.scheduling import Scheduled
 DEFAULT_TEMPERATURE = 3.0
 DEFAULT_ALPHA = 0.5
 _CACHE_MODES = ("auto", True, False)
-_PREDICT_BATCH = 256
+_PREDICT_BATCH = 1024
 
 
 class Distiller(keras.Model, Scheduled):
@@ -138,12 +137,13 @@ class Distiller(keras.Model, Scheduled):
         self.loss_trackers = (
             [keras.metrics.Mean(name=loss.name) for loss in losses] if len(losses) > 1 else []
         )
-        # Logged through metrics: a raw per-replica tensor in the logs is summed over replicas.
-        self.value_reports = [
-            CurrentValue(key)
-            for key, (value, _) in self._values.items()
-            if key in ("temperature", "alpha") or is_scheduled(value)
-        ]
+        object.__setattr__(
+            self,
+            "_logged_values",
+            [key for key, (value, _) in self._values.items() if key in ("temperature", "alpha") or is_scheduled(value)],
+        )
+        # Logs are equal on every replica (metric results, mirrored variables): take the first, never the sum.
+        self.distribute_reduction_method = "first"
         self.teacher_cache_used = None
 
     def _value_variable(self, name, value):
@@ -159,7 +159,7 @@ class Distiller(keras.Model, Scheduled):
 
     @property
     def _distillation_trackers(self):
-        return [self.total_loss_tracker, self.distillation_loss_tracker, *self.loss_trackers, *self.value_reports]
+        return [self.total_loss_tracker, self.distillation_loss_tracker, *self.loss_trackers]
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training, like `Model.compile`; `loss` is the hard-label (student) loss.
@@ -259,9 +259,8 @@ class Distiller(keras.Model, Scheduled):
             logs[tracker.name] = tracker.result()
         for metric in self._student_metrics(exclude=compiled_loss_metrics):
             logs[metric.name] = metric.result()
-        for report in self.value_reports:
-            report.update_state(self._values[report.name][1])
-            logs[report.name] = report.result()
+        for key in self._logged_values:
+            logs[key] = tf.identity(self._values[key][1])
         return logs
 
     def _student_metrics(self, exclude=()):
@@ -419,12 +418,20 @@ class Distiller(keras.Model, Scheduled):
         return list(self.teacher.outputs)
 
     def _predict_teacher(self, x, batch_size=None):
+        """Teacher outputs (final and feature layers) as float32 numpy arrays."""
         batch_size = max(batch_size or 0, _PREDICT_BATCH)
-        if self._teacher_extractor is not None:
-            outputs = self._teacher_extractor.predict(x, batch_size=batch_size, verbose=0)
-        else:
-            outputs = {FINAL_OUTPUT: self.teacher.predict(x, batch_size=batch_size, verbose=0)}
-        return {key: np.asarray(value, dtype=np.float32) for key, value in outputs.items()}
+        if isinstance(x, tf.data.Dataset):
+            if self._teacher_extractor is not None:
+                outputs = self._teacher_extractor.predict(x, verbose=0)
+            else:
+                outputs = {FINAL_OUTPUT: self.teacher.predict(x, verbose=0)}
+            return {key: np.asarray(value, dtype=np.float32) for key, value in outputs.items()}
+        # Eager calls on large chunks: no predict loop to build, a fraction of a short fit saved.
+        chunks = []
+        for start in range(0, teacher_cache.num_examples(x), batch_size):
+            chunk = tf.nest.map_structure(lambda a: a[start : start + batch_size], x)
+            chunks.append({k: v.numpy() for k, v in self._teacher_features(chunk).items()})
+        return {key: np.concatenate([c[key] for c in chunks]).astype(np.float32) for key in chunks[0]}
 
     def cache_teacher_outputs(self, dataset, batch_size=_PREDICT_BATCH):
         """Computes the teacher's outputs for an unaugmented dataset once.
