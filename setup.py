@@ -33,6 +33,8 @@ setup(
         "numpy>=1.26",
         "absl-py>=1.4",
         "ai-edge-litert>=2.0",
+        # tflite_export writes TFLite metadata with the published flatbuffer schema.
+        "flatbuffers>=24.3",
     ],
     extras_require={"examples": EXAMPLES, "dev": DEV},
     entry_points={"console_scripts": ["tfcompress=tfcompress.cli:run"]},
