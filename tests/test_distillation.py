@@ -357,6 +357,13 @@ def test_save_saves_the_student(teacher, digits, tmp_path):
     with pytest.raises(NotImplementedError, match="distiller.student.save"):
         distiller.get_config()
 
+    # Training checkpoints of the whole Distiller (student, projections, schedule values) still work.
+    distiller.save_weights(tmp_path / "checkpoint" / "distiller")
+    restored = Distiller(teacher=teacher, student=tfc.prune(dense_digits_model(seed=10, width=16), 0.5))
+    restored.load_weights(tmp_path / "checkpoint" / "distiller").expect_partial()  # no optimizer state: not compiled
+    np.testing.assert_allclose(restored.predict(x_test, verbose=0), student.predict(x_test, verbose=0), atol=1e-6)
+    restored.summary(print_fn=lambda line, **kwargs: None)
+
 
 def test_keras3_models_are_refused_with_the_fix(teacher):
     import keras as keras3

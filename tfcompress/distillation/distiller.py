@@ -109,6 +109,7 @@ class Distiller(keras.Model, Scheduled):
         alpha = _resolve_alpha(alpha, student_loss_weight)
         temperature = _resolve_temperature(temperature, losses)
 
+        teacher_layers, student_layers = _feature_layers(teacher, student, losses)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
@@ -116,9 +117,7 @@ class Distiller(keras.Model, Scheduled):
         self.temperature = temperature
         self.alpha = alpha
         self.distillation_loss_weights = weights
-
-        teacher_layers, student_layers = _feature_layers(teacher, student, losses)
-        self.projections = _projections(losses, teacher_layers, student_layers)
+        self.projections = _projections(losses)
         # Untracked: they share the models' layers, and tracking them would list every layer twice.
         object.__setattr__(self, "_teacher_extractor", _extractor(teacher, teacher_layers, "teacher"))
         object.__setattr__(self, "_student_extractor", _extractor(student, student_layers, "student"))
@@ -145,6 +144,8 @@ class Distiller(keras.Model, Scheduled):
         # Logs are equal on every replica (metric results, mirrored variables): take the first, never the sum.
         self.distribute_reduction_method = "first"
         self.teacher_cache_used = None
+        # Every weight exists already (both models are built), so summary() works before fit.
+        self.built = True
 
     def _value_variable(self, name, value):
         initial = value.initial_value if is_scheduled(value) else value
@@ -161,7 +162,7 @@ class Distiller(keras.Model, Scheduled):
     def _distillation_trackers(self):
         return [self.total_loss_tracker, self.distillation_loss_tracker, *self.loss_trackers]
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures training, like `Model.compile`; `loss` is the hard-label (student) loss.
 
         Arguments:
@@ -657,8 +658,7 @@ def _output_shape(model, layer):
     return tuple(tensor.shape[1:])
 
 
-def _projections(losses, teacher_layers, student_layers):
-    del teacher_layers, student_layers
+def _projections(losses):
     projections = []
     for loss in losses:
         if getattr(loss, "_needs_projection", False):
