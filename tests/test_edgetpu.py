@@ -108,3 +108,21 @@ def test_published_limitations_of_supported_ops_are_checked(name, layer, reason,
     assert split.op in SUPPORTED_OPS and not split.on_edgetpu, name
     assert reason in split.reason and split.fix
     assert [op.op for op in report.ops[: report.first_cpu_op]] == ["QUANTIZE", "CONV_2D"]
+
+
+@pytest.mark.parametrize("shared_axes, maps", [(None, False), ([1, 2], True)])
+def test_prelu_alpha_must_be_one_dimensional(shared_axes, maps, digits, tmp_path):
+    # Coral: alpha may be > 1 only in the innermost dimension, hence shared_axes=[1,2] on 4D input.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.PReLU(shared_axes=shared_axes)(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+    report = tflite_export.export(model, tmp_path / "m.tflite", "edgetpu", digits[0][:32]).edgetpu
+    prelu = next(op for op in report.ops if op.op == "PRELU")
+    assert prelu.coral_name == "PReLU" and prelu.on_edgetpu is maps
+    if maps:
+        assert report.fully_mapped, str(report)
+    else:
+        assert report.first_cpu_op == prelu.index
+        assert "alpha [8, 8, 4]" in prelu.reason and "shared_axes=[1, 2]" in prelu.reason and prelu.fix

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 
 from tflite_export.flatbuffer import parse_flatbuffer, read_flatbuffer
 
+# Both resize ops share one published limitation.
+_RESIZE_LIMITATION = ("Input/output is a 3-dimensional tensor. Depending on input/output size, this "
+                      "operation might not be mapped to the Edge TPU to avoid loss in precision.")
+
 # TFLite builtin op -> (Coral's name, Coral's published limitation).
+# From "TensorFlow models on the Edge TPU", https://coral.ai/docs/edgetpu/models-intro/#supported-operations
 SUPPORTED_OPS = {
     "ADD": ("Add", ""),
     "AVERAGE_POOL_2D": ("AveragePool2d", "No fused activation function."),
@@ -38,7 +43,8 @@ SUPPORTED_OPS = {
     "PACK": ("Pack", "No packing in batch dimension."),
     "PAD": ("Pad", "No padding in batch dimension."),
     "PRELU": ("PReLU", "Alpha must be 1-dimensional (only the innermost dimension can be >1 "
-              "size). With Keras PReLU on 4D input, shared_axes must be [1, 2]."),
+              "size). If using Keras PReLU with 4D input (batch, height, width, channels), then "
+              "shared_axes must be [1,2] so each filter has only one set of parameters."),
     "QUANTIZE": ("Quantize", ""),
     "REDUCE_MAX": ("ReduceMax", "Cannot operate on the batch dimension."),
     "REDUCE_MIN": ("ReduceMin", "Cannot operate on the batch dimension."),
@@ -46,26 +52,27 @@ SUPPORTED_OPS = {
     "RELU6": ("ReLU6", ""),
     "RELU_N1_TO_1": ("ReLUN1To1", ""),
     "RESHAPE": ("Reshape", "Certain reshapes might not be mapped for large tensor sizes."),
-    "RESIZE_BILINEAR": ("ResizeBilinear", "Input/output is a 3-dimensional tensor. Depending on "
-                        "input/output size, it might not be mapped to avoid loss in precision."),
-    "RESIZE_NEAREST_NEIGHBOR": ("ResizeNearestNeighbor", "Input/output is a 3-dimensional "
-                                "tensor. Depending on input/output size, it might not be mapped "
-                                "to avoid loss in precision."),
-    "RSQRT": ("Rsqrt", ""),
+    "RESIZE_BILINEAR": ("ResizeBilinear", _RESIZE_LIMITATION),
+    # Copies of the current table found end at ResizeBilinear; rows below match the 2019 table.
+    "RESIZE_NEAREST_NEIGHBOR": ("ResizeNearestNeighbor", _RESIZE_LIMITATION),
+    "RSQRT": ("Rsqrt", ""),  # unverified: not in the 2019 table
     "SLICE": ("Slice", ""),
-    "SOFTMAX": ("Softmax", "Supports only 1-D input tensor with a max of 16,000 elements."),
+    "SOFTMAX": ("Softmax", "Supports only 1D input tensor with a max of 16,000 elements."),
     "SPACE_TO_DEPTH": ("SpaceToDepth", ""),
+    # Limitation unverified: the 2019 table lists Split with none.
     "SPLIT": ("Split", "No splitting in batch dimension."),
+    # Unverified for newer runtimes: the 2019 table allowed only squeezing leading 1s (no relayout).
     "SQUEEZE": ("Squeeze", ""),
+    # "new-axis-max" is Coral's own wording (it means new_axis_mask); quoted as published.
     "STRIDED_SLICE": ("StridedSlice", "Supported only when all strides are equal to 1 (that is, "
                       "effectively a Stride op), and with ellipsis-axis-mask == 0, and "
-                      "new-axis-mask == 0."),
+                      "new-axis-max == 0."),
     "SUB": ("Sub", ""),
-    "SUM": ("Sum", "Cannot operate on the batch dimension."),
-    "SQUARED_DIFFERENCE": ("SquaredDifference", ""),
+    "SUM": ("Sum", "Cannot operate on the batch dimension."),  # unverified: not in the 2019 table
+    "SQUARED_DIFFERENCE": ("SquaredDifference", ""),  # unverified: not in the 2019 table
     "TANH": ("Tanh", ""),
-    "TRANSPOSE": ("Transpose", ""),
-    "TRANSPOSE_CONV": ("TransposeConv", ""),
+    "TRANSPOSE": ("Transpose", ""),  # listed since compiler 16 (Coral); limitation text unverified
+    "TRANSPOSE_CONV": ("TransposeConv", ""),  # unverified: not in the 2019 table
 }
 
 _QUANTIZED = ("int8", "uint8")
@@ -214,6 +221,9 @@ def _op_problems(op, structure):
             problems.append(("constraint", "reduces over the batch dimension"))
         if op.name == "MEAN" and rank - 1 in axes and ins[0].shape[-1] % 4:
             problems.append(("constraint", f"z-reduction over {ins[0].shape[-1]} channels (not a multiple of 4)"))
+    if op.name == "PRELU" and len(ins) > 1 and any(d > 1 for d in ins[1].shape[:-1]):
+        problems.append(("constraint", f"alpha {ins[1].shape} has a dimension > 1 besides the "
+                                       "innermost (Keras PReLU: shared_axes=[1, 2])"))
     if op.name == "PAD" and len(ins) > 1 and ins[1].values and any(ins[1].values[:2]):
         problems.append(("constraint", "pads the batch dimension"))
     if op.name == "STRIDED_SLICE" and options is not None:
