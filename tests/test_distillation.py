@@ -248,6 +248,8 @@ def test_cache_is_announced_and_refused_with_reasons(teacher, digits, capsys):
     strict = compile_distiller(Distiller(teacher=teacher, student=dense_digits_model(width=16), teacher_cache=True))
     with pytest.raises(ValueError, match="teacher_cache=True.*cache_teacher_outputs"):
         strict.fit(dataset.batch(64), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"numpy arrays or tensors.*a list. Pass np.asarray\(x\)"):
+        strict.fit(x[:64].tolist(), y[:64], epochs=1, verbose=0)
 
 
 def test_cached_dataset_gives_the_loss_of_cached_arrays(teacher, digits):

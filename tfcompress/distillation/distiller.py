@@ -374,15 +374,19 @@ class Distiller(keras.Model, Scheduled):
             self._report(verbose, "teacher runs on every batch (teacher_cache=False).")
             return x
         if not teacher_cache.array_inputs(x):
-            reason = (
-                f"the inputs are {teacher_cache.describe_inputs(x)}, which may be shuffled or "
-                "augmented differently on every pass"
-            )
-            fix = (
-                "If the data is not augmented, build the dataset with "
-                "distiller.cache_teacher_outputs(unbatched_dataset) before shuffle() and batch(), "
-                "or pass numpy arrays."
-            )
+            if teacher_cache.is_stream(x):
+                reason = (
+                    f"the inputs are {teacher_cache.describe_inputs(x)}, which may be shuffled or "
+                    "augmented differently on every pass"
+                )
+                fix = (
+                    "If the data is not augmented, build the dataset with "
+                    "distiller.cache_teacher_outputs(unbatched_dataset) before shuffle() and batch(), "
+                    "or pass numpy arrays."
+                )
+            else:
+                reason = f"the cache takes numpy arrays or tensors, and the inputs are {teacher_cache.describe_inputs(x)}"
+                fix = "Pass np.asarray(x) to use it."
             if self.teacher_cache is True:
                 raise ValueError(f"Distiller(teacher_cache=True) cannot cache teacher outputs: {reason}. {fix}")
             self.teacher_cache_used = False

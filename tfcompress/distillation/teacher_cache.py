@@ -42,6 +42,13 @@ def array_inputs(x):
     )
 
 
+def is_stream(x):
+    """True for inputs produced anew on every pass: datasets, generators, `keras.utils.Sequence`."""
+    if isinstance(x, tf.data.Dataset) or hasattr(x, "__next__"):
+        return True
+    return hasattr(x, "__getitem__") and hasattr(x, "on_epoch_end")
+
+
 def describe_inputs(x):
     """A short name for the kind of inputs `fit` got, for log lines."""
     if isinstance(x, tf.data.Dataset):
