@@ -29,6 +29,8 @@ class Distiller(keras.Model, Scheduled):
     distillation losses compare teacher and student outputs; the default,
     `LogitsDistillation`, is `T^2 * KL(softmax(teacher / T) || softmax(student / T))`
     (Hinton et al.). Regularization losses of the student are added unweighted.
+    `fit`'s `sample_weight` weighs the student loss only: examples given weight 0
+    are taught by the teacher alone, which is how unlabelled data joins the fit.
     The teacher is frozen (`teacher.trainable = False`) and always runs with
     `training=False`, BatchNormalization included. `evaluate`, `predict` and the
     validation metrics are the student's; `distiller.student` is the trained
@@ -39,7 +41,8 @@ class Distiller(keras.Model, Scheduled):
     `tfc.distillation.LinearSchedule` over the fit, driven by
     `tfc.CompressionCallback`; their current values are in the logs
     (`temperature`, `alpha`, `<loss name>_weight`) next to `loss` (the total),
-    `student_loss` and `distillation_loss`.
+    `student_loss`, `distillation_loss` and, with several distillation losses,
+    each one (`logits_loss`, `feature_loss_<teacher layer>`).
 
     Teacher-output cache: when `fit` gets arrays (numpy or eager tensors), the
     teacher's outputs are computed once, before training, and shuffled together
