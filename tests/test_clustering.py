@@ -52,17 +52,36 @@ def test_cluster_preserving_qat_keeps_shared_values_in_int8(trained_mlp, digits)
     clustered.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
     qat = compile_classifier(quantize(tfc.strip(clustered), preserve="clusters"), learning_rate=1e-4)
     qat.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
-    converter = tf.lite.TFLiteConverter.from_keras_model(tfc.strip(qat))
+    kernels = int8_kernels(tfc.strip(qat))
+    assert len(kernels) == 3
+    assert all(np.unique(kernel).size <= 16 for kernel in kernels)
+
+
+def int8_kernels(model):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     interpreter = Interpreter(model_content=converter.convert())
     interpreter.allocate_tensors()
-    kernels = [
+    return [
         interpreter.get_tensor(t["index"])
         for t in interpreter.get_tensor_details()
         if t["dtype"] == np.int8 and len(t["shape"]) == 2 and t["shape"][0] > 1
     ]
+
+
+def test_cluster_then_quantize_in_one_fit(trained_mlp, digits):
+    x, y, x_test, y_test = digits
+    model = compile_classifier(quantize(cluster(trained_mlp, clusters=16, begin=0.2), start=0.5), learning_rate=1e-4)
+    # Before clustering and quantization begin, the wrapped model is the float model, weights included.
+    np.testing.assert_allclose(model.predict(x_test, verbose=0), trained_mlp.predict(x_test, verbose=0), atol=1e-5)
+    history = model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback()])
+    assert history.history["qat_phase"] == [0.0, 1.0]
+    final = compile_classifier(tfc.strip(model))
+    np.testing.assert_allclose(final.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5)
+    kernels = int8_kernels(final)
     assert len(kernels) == 3
     assert all(np.unique(kernel).size <= 16 for kernel in kernels)
+    assert final.evaluate(x_test, y_test, verbose=0)[1] >= trained_mlp.evaluate(x_test, y_test, verbose=0)[1] - 0.03
 
 
 def test_errors_name_the_fix(trained_mlp):
@@ -72,8 +91,8 @@ def test_errors_name_the_fix(trained_mlp):
         cluster(trained_mlp, init="median")
     with pytest.raises(ValueError, match="preserve_sparsity=True"):
         cluster(tfc.prune(trained_mlp, 0.5))
-    with pytest.raises(ValueError, match="preserve='clusters'"):
-        quantize(cluster(trained_mlp))
+    with pytest.raises(ValueError, match="Drop `preserve=`"):
+        quantize(cluster(trained_mlp), preserve="clusters")
     flatten = trained_mlp.layers[1].name
     with pytest.raises(ValueError, match=f"'{flatten}'.*cannot be clustered"):
         cluster(trained_mlp, layers=[flatten])

@@ -115,7 +115,9 @@ def test_qat_int8_flatbuffer_matches_float_accuracy_without_representative_data(
 
 def test_prune_then_quantize_in_one_fit_keeps_zeros_in_int8(digits):
     x, y, x_test, y_test = digits
-    model = compile_classifier(quantize(tfc.prune(dense_digits_model(), 0.8, end=0.5), start=0.6), learning_rate=3e-3)
+    dense = dense_digits_model()
+    model = compile_classifier(quantize(tfc.prune(dense, 0.8, end=0.5), start=0.6), learning_rate=3e-3)
+    np.testing.assert_allclose(model.predict(x_test, verbose=0), dense.predict(x_test, verbose=0), atol=1e-5)
     history = model.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback()])
     assert history.history["qat_phase"][-1] == 1.0
     assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)

@@ -98,7 +98,7 @@ def _effective_weights(layer):
                 id(weight): layer.clustering_algorithms[name].get_clustered_weight(layer.pulling_indices[name], weight)
                 for name, weight in layer.original_clusterable_weights.items()
             }
-        variables += list(layer.original_clusterable_weights.values())
+        variables += [w for w in layer.original_clusterable_weights.values() if id(w) not in quantized]
         layer = layer.layer
     masks = {}
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):

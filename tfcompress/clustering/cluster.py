@@ -1,5 +1,6 @@
 """`cluster`: weight sharing with tfmot's clustering wrappers, started by the fit."""
 
+import tensorflow as tf
 from tensorflow_model_optimization.python.core.clustering.keras import cluster_config, clustering_registry
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
@@ -85,7 +86,9 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
                 )
             return copy
         # Weights go in before wrapping: tfmot computes the centroids when the wrapper is built.
-        copy.build(layer._build_input_shape)
+        # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
+        with tf.name_scope(f"cluster_{layer.name}"):
+            copy.build(layer._build_input_shape)
         copy.set_weights(layer.get_weights())
         return ClusterWeights(
             copy,

@@ -4,7 +4,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper, clustering_centroids
 
 from tfcompress._keras import keras
-from tfcompress.scheduling import Scheduled
+from tfcompress.scheduling import Scheduled, tracing_for_saving
 from tfcompress.steps import resolve_point, validate_point
 
 MISSING_CALLBACK = (
@@ -29,14 +29,18 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         self.begin = validate_point(begin, "begin")
         self._begin_step = None
         self._on = None
+        # Set by a quantization wrapper around this one, which then clusters and quantizes the kernel.
+        self.weights_set_by_parent = False
 
     def build(self, input_shape):
         super().build(input_shape)
         self.clustering_on = self.add_weight("clustering_on", shape=(), dtype=tf.int32, initializer="zeros", trainable=False)
 
     def call(self, inputs, training=None, **kwargs):
-        if training is True and self._begin_step is None:
+        if training is True and self._begin_step is None and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
+        if self.weights_set_by_parent:
+            return self.layer.call(inputs, **kwargs)
 
         def clustered():
             return super(ClusterWeights, self).call(inputs, training=training, **kwargs)

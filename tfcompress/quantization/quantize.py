@@ -4,6 +4,7 @@ import copy
 import re
 
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_configs,
@@ -17,7 +18,7 @@ from tfcompress._metrics import CurrentValue
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.wrappers import (
-    PrunedLayerQuantizeConfig,
+    WrappedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
     copy_weights_by_name,
@@ -55,16 +56,19 @@ def _consumers(layer):
     return [node.outbound_layer for node in layer._outbound_nodes]
 
 
-def _pruned_conv_batchnorm(model):
-    """Configs for BatchNorms fed by a pruned convolution, as tfmot's transforms give unwrapped ones.
+_COMPRESSION_WRAPPERS = (pruning_wrapper.PruneLowMagnitude, cluster_wrapper.ClusterWeights)
+
+
+def _wrapped_conv_batchnorm(model):
+    """Configs for BatchNorms fed by a pruned or clustered convolution, as tfmot gives unwrapped ones.
 
     tfmot's layout transforms match Conv2D + BatchNorm (+ ReLU) by class name
-    and so miss a pruned convolution; without this, BatchNorm would have no
+    and so miss a wrapped convolution; without this, BatchNorm would have no
     config and a fake quant would sit between convolution and BatchNorm.
     """
     convs, norms = set(), {}
     for layer in all_layers(model):
-        if not isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+        if not isinstance(layer, _COMPRESSION_WRAPPERS):
             continue
         inner, consumers = layer.layer, _consumers(layer)
         if (
@@ -90,7 +94,7 @@ def _pruned_conv_batchnorm(model):
 
 def _annotate(model, chosen):
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
-    convs_into_norm, norm_configs = _pruned_conv_batchnorm(model)
+    convs_into_norm, norm_configs = _wrapped_conv_batchnorm(model)
 
     def annotate(layer):
         if isinstance(layer, keras.Model):
@@ -100,10 +104,10 @@ def _annotate(model, chosen):
             )
         if chosen is not None and not chosen(layer):
             return layer
-        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+        if isinstance(layer, _COMPRESSION_WRAPPERS):
             if not registry.supports(layer.layer):
                 return layer
-            config = PrunedLayerQuantizeConfig(
+            config = WrappedLayerQuantizeConfig(
                 registry.get_quantize_config(layer.layer), quantize_activation=layer.name not in convs_into_norm
             )
             return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
@@ -114,15 +118,21 @@ def _annotate(model, chosen):
     return keras.models.clone_model(model, clone_function=annotate)
 
 
-def _with_phases(qat_model, start, freeze):
-    """Swaps tfmot's wrappers for the phased ones, keeping every weight."""
+def _with_phases(qat_model, model, start, freeze):
+    """Swaps tfmot's wrappers for the phased ones, keeping every weight.
+
+    Pruning and clustering wrappers inside take their weights from `model`,
+    the one the user passed: tfmot's cloning copies weights by position, and
+    a clustering wrapper's weight order changes once it has been called.
+    """
+    originals = {layer.name: layer for layer in all_layers(model) if isinstance(layer, _COMPRESSION_WRAPPERS)}
     pairs = []
 
     def swap(layer):
         config = layer.get_config()
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
             new = QuantizeWrapper(
-                rebuilt_copy(layer.layer, layer), copy.deepcopy(layer.quantize_config),
+                rebuilt_copy(layer.layer, originals.get(layer.layer.name, layer)), copy.deepcopy(layer.quantize_config),
                 start=start, freeze=freeze, name=layer.name,
             )
         elif isinstance(layer, quantize_layer.QuantizeLayer):
@@ -136,6 +146,8 @@ def _with_phases(qat_model, start, freeze):
         phased = keras.models.clone_model(qat_model, clone_function=swap)
     for old, new in pairs:
         copy_weights_by_name(old, new)
+        if isinstance(new, QuantizeWrapper) and new.layer.name in originals:
+            copy_weights_by_name(originals[new.layer.name], new.layer)
     return phased
 
 
@@ -153,9 +165,9 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
       moving (TF1's `quant_delay` / `freeze_bn_delay`).
 
     The current phase is logged as the `qat_phase` metric (0 float, 1
-    fake-quant, 2 frozen). A model from `tfc.prune` may be quantized: its
-    masks are applied before the kernel is fake-quantized, so the int8
-    weights keep the zeros. `tfc.strip` then gives a model the TFLite
+    fake-quant, 2 frozen). A model from `tfc.prune` or `tfc.cluster` may be
+    quantized: masks and shared values are applied before the kernel is
+    fake-quantized, so the int8 weights keep the zeros and clusters. `tfc.strip` then gives a model the TFLite
     converter turns into full int8 with the learned ranges.
 
     Arguments:
@@ -196,15 +208,10 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
         raise ValueError("This model is already quantized; call tfc.quantize once, on the float model.")
     if preserve not in SCHEMES:
         raise ValueError(f"`preserve` must be one of {sorted(k for k in SCHEMES if k)} or None; got {preserve!r}.")
-    if find_cluster_wrappers(model):
+    if preserve and (find_pruning_wrappers(model) or find_cluster_wrappers(model)):
         raise ValueError(
-            "tfc.quantize cannot wrap clustering wrappers. Finish clustering, strip, then keep the "
-            "clusters through QAT: tfc.quantize(tfc.strip(clustered), preserve='clusters')."
-        )
-    if preserve and find_pruning_wrappers(model):
-        raise ValueError(
-            "`preserve` is for stripped models; a model wrapped by tfc.prune keeps its zeros "
-            "through QAT already. Drop `preserve=`."
+            "`preserve` is for stripped models; a model wrapped by tfc.prune or tfc.cluster keeps "
+            "its zeros and shared values through QAT already. Drop `preserve=`."
         )
     chosen = layer_selector(model, layers)
     annotated = _annotate(model, chosen)
@@ -222,6 +229,6 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
             "`tfmot.quantization.keras.QuantizeConfig` through "
             "`tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=...)`."
         ) from None
-    phased = _with_phases(qat_model, start, freeze)
+    phased = _with_phases(qat_model, model, start, freeze)
     attach_phase_report(phased)
     return phased

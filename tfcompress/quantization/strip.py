@@ -4,19 +4,31 @@ import copy
 
 from absl import logging
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation, quantize_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.quantization.wrappers import (
-    PrunedLayerQuantizeConfig,
+    WrappedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
     copy_weights_by_name,
     find_quantization_layers,
     rebuilt_copy,
 )
+
+
+def _apply_clusters(wrapper, layer):
+    """Gives `layer`'s kernels the shared values `wrapper` computes from its float kernels."""
+    if not int(wrapper.clustering_on.numpy()):
+        return
+    # By name: a quantization wrapper has replaced the inner kernel attribute by a tensor.
+    variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+    for name, weight in wrapper.original_clusterable_weights.items():
+        clustered = wrapper.clustering_algorithms[name].get_clustered_weight(wrapper.pulling_indices[name], weight)
+        variables[name].assign(clustered)
 
 
 def _fresh(layer):
@@ -38,22 +50,30 @@ def strip_quantization(model):
             "the last trained step): the int8 ranges come from float training only."
         )
     pairs = []
+    clustered = []  # (clustering wrapper, plain layer): shared values go in after the weight copy
 
     def plain(layer):
         if isinstance(layer, QuantizeWrapper):
             inner, config = layer.layer, layer.quantize_config
-            plain_inner = rebuilt_copy(inner.layer if isinstance(config, PrunedLayerQuantizeConfig) else inner, layer)
-            if isinstance(config, PrunedLayerQuantizeConfig):
+            if isinstance(config, WrappedLayerQuantizeConfig):
+                plain_inner = rebuilt_copy(inner.layer, layer)
                 if not config.quantize_activation:
                     # How tfmot marks a convolution feeding a BatchNorm: no fake quant in between.
                     plain_inner.activation = quantize_aware_activation.NoOpActivation()
                 config = config.inner
+            else:
+                plain_inner = rebuilt_copy(inner, layer)
             new = tfmot.quantization.keras.QuantizeWrapperV2(plain_inner, copy.deepcopy(config))
+            if isinstance(inner, cluster_wrapper.ClusterWeights):
+                clustered.append((inner, new))
         elif isinstance(layer, QuantizeInput):
             quantizer = layer.quantizer.inner if isinstance(layer.quantizer, GatedQuantizer) else layer.quantizer
             new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name)
         elif isinstance(layer, pruning_wrapper.PruneLowMagnitude):
             new = _fresh(layer.layer)
+        elif isinstance(layer, cluster_wrapper.ClusterWeights):
+            new = rebuilt_copy(layer.layer, layer)
+            clustered.append((layer, new))
         else:
             new = _fresh(layer)
         pairs.append((layer, new))
@@ -63,4 +83,6 @@ def strip_quantization(model):
         stripped = keras.models.clone_model(model, clone_function=plain)
     for old, new in pairs:
         copy_weights_by_name(old, new)
+    for wrapper, layer in clustered:
+        _apply_clusters(wrapper, layer)
     return stripped

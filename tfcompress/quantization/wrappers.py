@@ -4,12 +4,13 @@ import copy
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
 from tfcompress.quantization.gates import GatedQuantizer
-from tfcompress.scheduling import Scheduled
+from tfcompress.scheduling import Scheduled, tracing_for_saving
 from tfcompress.steps import resolve_point, validate_point
 
 MISSING_CALLBACK = (
@@ -34,7 +35,7 @@ class PhasedQuantization(Scheduled):
         self.qat_frozen = self.add_weight("qat_frozen", shape=(), dtype=tf.int32, initializer="zeros", trainable=False)
 
     def _check_driven(self, training):
-        if training is True and self._start_step is None:
+        if training is True and self._start_step is None and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
 
     def resolve_schedule(self, total_steps):
@@ -84,7 +85,8 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
     are fake-quantized; from `freeze` activation ranges stop moving and a
     wrapped BatchNormalization uses its moving statistics. A pruned layer
     inside (tfcompress's or tfmot's `PruneLowMagnitude`) is masked before its
-    kernel is quantized, so zeros stay exact zeros in int8.
+    kernel is quantized, so zeros stay exact zeros in int8; a clustered layer
+    inside (`tfc.cluster`) is clustered before it is quantized.
     """
 
     def __init__(self, layer, quantize_config, start=0.0, freeze=None, **kwargs):
@@ -94,10 +96,15 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
     def build(self, input_shape):
         super().build(input_shape)
         self._build_phases()
-        self._weight_vars = [
-            (weight, GatedQuantizer(quantizer, self, freezable=False), variables)
-            for weight, quantizer, variables in self._weight_vars
-        ]
+        for index, (weight, quantizer, variables) in enumerate(self._weight_vars):
+            if isinstance(quantizer, ClusteredQuantizer):
+                # Clustering stays on in every QAT phase; only the quantization is gated.
+                quantizer.inner = GatedQuantizer(quantizer.inner, self, freezable=False)
+            else:
+                quantizer = GatedQuantizer(quantizer, self, freezable=False)
+            self._weight_vars[index] = (weight, quantizer, variables)
+        if isinstance(self.layer, cluster_wrapper.ClusterWeights):
+            self.layer.weights_set_by_parent = True
         for activation in self._quantize_activations:
             activation.quantizer = GatedQuantizer(activation.quantizer, self, freezable=True)
         self._output_quantizers = [GatedQuantizer(q, self, freezable=True) for q in self._output_quantizers]
@@ -124,8 +131,26 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
 
     @classmethod
     def from_config(cls, config):
-        with tfmot.quantization.keras.quantize_scope({"PrunedLayerQuantizeConfig": PrunedLayerQuantizeConfig}):
+        with tfmot.quantization.keras.quantize_scope({"WrappedLayerQuantizeConfig": WrappedLayerQuantizeConfig}):
             return super().from_config(config)
+
+    def load_own_variables(self, store):
+        load_wrapper_variables(self, store)
+
+
+def load_wrapper_variables(wrapper, store):
+    """`Layer.load_own_variables` for a `QuantizeWrapperV2` saved around an already built layer.
+
+    `QuantizeWrapperV2.build` lists a built inner layer's weights first among
+    its own, so a `.keras` file of a freshly quantized model holds more
+    entries than the reloaded wrapper (built around an unbuilt layer) owns;
+    those leading entries are the inner layer's, which it loads itself.
+    """
+    own = wrapper._trainable_weights + wrapper._non_trainable_weights
+    extra = len(store.keys()) - len(own)
+    if extra > 0:
+        store = {str(index): store[str(index + extra)] for index in range(len(own))}
+    keras.layers.Layer.load_own_variables(wrapper, store)
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -141,6 +166,8 @@ class QuantizeInput(quantize_layer.QuantizeLayer, PhasedQuantization):
         self._build_phases()
         if self.quantizer:
             self.quantizer = GatedQuantizer(self.quantizer, self, freezable=True)
+        # tfmot's QuantizeLayer never sets it, so loading a .keras file built it twice (tfmot PR #1123).
+        self.built = True
 
     def call(self, inputs, training=None):
         self._check_driven(training)
@@ -159,8 +186,12 @@ class QuantizeInput(quantize_layer.QuantizeLayer, PhasedQuantization):
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-    """Quantizes the layer inside a pruning wrapper with that layer's own config.
+class WrappedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes the layer inside a pruning or clustering wrapper with that layer's own config.
+
+    A pruned kernel is masked before it is fake-quantized (see
+    `QuantizeWrapper.call`); a clustered kernel is clustered first, then
+    fake-quantized, so the int8 kernel keeps the shared values.
 
     Arguments:
         inner: the config tfmot's registry gives the unwrapped layer.
@@ -174,7 +205,15 @@ class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         self.quantize_activation = quantize_activation
 
     def get_weights_and_quantizers(self, layer):
-        return self.inner.get_weights_and_quantizers(layer.layer)
+        pairs = self.inner.get_weights_and_quantizers(layer.layer)
+        if not isinstance(layer, cluster_wrapper.ClusterWeights):
+            return pairs
+        # The clustering wrapper replaces the inner kernel attribute by a tensor: use its variables.
+        originals = layer.original_clusterable_weights
+        return [
+            (originals[attr], ClusteredQuantizer(quantizer, layer, attr)) if attr in originals else (weight, quantizer)
+            for attr, (weight, quantizer) in zip(self.inner.weight_attrs, pairs)
+        ]
 
     def get_activations_and_quantizers(self, layer):
         return self.inner.get_activations_and_quantizers(layer.layer) if self.quantize_activation else []
@@ -201,7 +240,39 @@ class PrunedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
             return cls(keras.utils.deserialize_keras_object(config["inner"]), config.get("quantize_activation", True))
 
     def __deepcopy__(self, memo):
-        return PrunedLayerQuantizeConfig(copy.deepcopy(self.inner, memo), self.quantize_activation)
+        return WrappedLayerQuantizeConfig(copy.deepcopy(self.inner, memo), self.quantize_activation)
+
+
+class ClusteredQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """Clusters a kernel with its clustering wrapper's centroids, then quantizes it.
+
+    Before the wrapper's `begin` the kernel passes through unclustered.
+    """
+
+    def __init__(self, inner, cluster_layer, weight_name):
+        self.inner = inner
+        self.cluster_layer = cluster_layer
+        self.weight_name = weight_name
+
+    def build(self, tensor_shape, name, layer):
+        return self.inner.build(tensor_shape, name, layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        wrapper, name = self.cluster_layer, self.weight_name
+        algorithm, indices = wrapper.clustering_algorithms[name], wrapper.pulling_indices[name]
+
+        def clustered():
+            if training:
+                # As tfmot's wrapper does each step: weights may have moved to another centroid.
+                with tf.control_dependencies([indices.assign(algorithm.get_pulling_indices(inputs))]):
+                    return algorithm.get_clustered_weight(indices, inputs)
+            return algorithm.get_clustered_weight(indices, inputs)
+
+        shared = tf.cond(wrapper.clustering_on > 0, clustered, lambda: tf.identity(inputs))
+        return self.inner(shared, training, weights, **kwargs)
+
+    def get_config(self):
+        return self.inner.get_config()
 
 
 def find_quantization_layers(model):
@@ -241,7 +312,9 @@ def rebuilt_copy(layer, source):
     wrapper must wrap a layer that already holds its trained weights.
     """
     copy_ = layer.__class__.from_config(layer.get_config())
-    # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
-    copy_.build(source.input_shape)
+    # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
+    with tf.name_scope(source.name):
+        # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
+        copy_.build(source.input_shape)
     copy_weights_by_name(source, copy_)
     return copy_
