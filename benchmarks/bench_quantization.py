@@ -3,9 +3,10 @@
     python benchmarks/bench_quantization.py [--epochs 12] [--finetune_epochs 4] [--repeats 3]
 
 Rows: the float model; post-training INT8; QAT with tfmot's `quantize_model`;
-QAT with `tfc.quantize`; prune + QAT in one fit; cluster, then cluster-preserving
-QAT. Every INT8 row is exported with `tflite_export.export(precision="int8")` and
-verified on LiteRT. Fit time is the median wall time of the fine-tuning fit over
+QAT with `tfc.quantize`; tfmot's guides by hand (prune_low_magnitude, strip, then
+pruning-preserving QAT); prune + QAT in one fit with tfcompress; cluster, then
+cluster-preserving QAT. Every INT8 row is exported with `tflite_export.export(precision="int8")` and
+verified on LiteRT, with its median 1-thread latency. Fit time is the median wall time of the fine-tuning fit over
 `--repeats` runs (tfc.quantize vs tfmot's quantize_model). Prints a markdown
 table and writes benchmarks/results/quantization.json.
 """
@@ -34,6 +35,7 @@ flags.DEFINE_integer("finetune_epochs", 4, "Epochs of every compression fine-tun
 flags.DEFINE_integer("repeats", 3, "Timed runs of the QAT fine-tune (median reported).")
 flags.DEFINE_float("sparsity", 0.6, "Target sparsity of the prune + QAT row.")
 flags.DEFINE_integer("clusters", 16, "Shared values per kernel of the cluster rows.")
+flags.DEFINE_integer("latency_runs", 200, "Timed single-example LiteRT invokes per flatbuffer.")
 flags.DEFINE_string("output", "benchmarks/results/quantization.json", "JSON output path.")
 FLAGS = flags.FLAGS
 
@@ -80,12 +82,14 @@ def main(argv):
     (x, y), (x_test, y_test) = load_digits()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench_quantization_"))
     float_model = compile_model(depthwise_net(), 3e-3)
+    float_seconds = time.perf_counter()
     float_model.fit(x, y, epochs=FLAGS.epochs, batch_size=32, verbose=0)
+    float_seconds = time.perf_counter() - float_seconds
     finetune_rate = 3e-4
 
     def export(model, name, **kwargs):
         result = tflite_export.export(
-            model, str(workdir / f"{name}.tflite"), validation_data=(x_test, y_test), latency_runs=0, **kwargs
+            model, str(workdir / f"{name}.tflite"), validation_data=(x_test, y_test), latency_runs=FLAGS.latency_runs, **kwargs
         )
         return result
 
@@ -99,7 +103,7 @@ def main(argv):
 
     rows = []
 
-    def add(name, keras_model, result, fit_seconds=None):
+    def add(name, keras_model, result, fit_seconds=None, **extra):
         rows.append(
             {
                 "pipeline": name,
@@ -108,10 +112,12 @@ def main(argv):
                 "bytes": result.bytes,
                 "gzip_bytes": result.gzip_bytes,
                 "fit_seconds": fit_seconds,
+                "latency_ms": result.verification.latency_ms,
+                **extra,
             }
         )
 
-    add("float (fp32 flatbuffer)", float_model, export(float_model, "fp32", precision="fp32"))
+    add("float (fp32 flatbuffer)", float_model, export(float_model, "fp32", precision="fp32"), float_seconds)
     add("post-training int8", float_model, export(float_model, "ptq", precision="int8", representative_data=x[:256]))
 
     tfmot_qat, tfmot_seconds = qat_with(lambda: tfmot.quantization.keras.quantize_model(float_model), lambda: [])
@@ -120,32 +126,61 @@ def main(argv):
     tfc_qat, tfc_seconds = qat_with(lambda: tfc.quantize(float_model, start=0.0), lambda: [tfc.CompressionCallback(verbose=0)])
     add("QAT int8 (tfc.quantize)", tfc_qat, export(tfc.strip(tfc_qat), "tfc_qat", precision="int8"), tfc_seconds)
 
+    # tfmot's pruning guide, then its pruning-preserving QAT guide: two fits of finetune_epochs each.
+    keras.backend.clear_session()
+    sparsity = tfmot.sparsity.keras
+    end_step = -(-len(x) // 32) * FLAGS.finetune_epochs
+    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=FLAGS.sparsity, begin_step=0, end_step=end_step)
+    base = keras.models.clone_model(float_model)  # prune_low_magnitude wraps the given layers themselves
+    base.set_weights(float_model.get_weights())
+    tfmot_pruned = compile_model(sparsity.prune_low_magnitude(base, pruning_schedule=schedule), finetune_rate)
+    seconds = timed_fit(tfmot_pruned, x, y, [sparsity.UpdatePruningStep()])
+    annotated = tfmot.quantization.keras.quantize_annotate_model(sparsity.strip_pruning(tfmot_pruned))
+    tfmot_pqat = compile_model(
+        tfmot.quantization.keras.quantize_apply(
+            annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        ),
+        finetune_rate,
+    )
+    seconds += timed_fit(tfmot_pqat, x, y, [])
+    add(f"tfmot guides: prune {FLAGS.sparsity:.0%}, strip, PQAT int8", tfmot_pqat,
+        export(tfmot_pqat, "tfmot_prune_pqat", precision="int8"), seconds)
+
+    keras.backend.clear_session()
     pruned = compile_model(
         tfc.quantize(tfc.prune(float_model, FLAGS.sparsity, end=0.5), start=0.6), finetune_rate
     )
-    pruned.fit(x, y, epochs=2 * FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    start = time.perf_counter()
+    history = pruned.fit(x, y, epochs=2 * FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    seconds = time.perf_counter() - start
     final = compile_model(tfc.strip(pruned), finetune_rate)
-    add(f"prune {FLAGS.sparsity:.0%} + QAT int8, one fit", final, export(final, "prune_qat", precision="int8"))
+    add(f"prune {FLAGS.sparsity:.0%} + QAT int8, one fit", final, export(final, "prune_qat", precision="int8"), seconds,
+        sparsity_per_epoch=[float(v) for v in history.history.get("sparsity", [])])
+
+    one_fit = compile_model(tfc.quantize(tfc.cluster(float_model, FLAGS.clusters), start=0.5), finetune_rate)
+    one_fit.fit(x, y, epochs=2 * FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = compile_model(tfc.strip(one_fit), finetune_rate)
+    add(f"cluster {FLAGS.clusters} + QAT int8, one fit", final, export(final, "cluster_qat_one_fit", precision="int8"))
 
     clustered = compile_model(tfc.cluster(float_model, FLAGS.clusters), finetune_rate)
     clustered.fit(x, y, epochs=FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     cqat = compile_model(tfc.quantize(tfc.strip(clustered), preserve="clusters"), finetune_rate)
     cqat.fit(x, y, epochs=FLAGS.finetune_epochs, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     final = compile_model(tfc.strip(cqat), finetune_rate)
-    add(f"cluster {FLAGS.clusters} + cluster-preserving QAT int8", final, export(final, "cluster_qat", precision="int8"))
+    add(f"cluster {FLAGS.clusters}, strip, cluster-preserving QAT int8", final, export(final, "cluster_qat", precision="int8"))
 
     cpu = cpu_description()
     print(
         f"Quantization on digits (depthwise-separable net, {float_model.count_params():,} params; float "
         f"{FLAGS.epochs} epochs, fine-tunes {FLAGS.finetune_epochs} epochs); CPU: {cpu['name']}; TF {tf.__version__}\n"
     )
-    print("| pipeline | Keras acc | TFLite acc | bytes | gzip bytes | fine-tune fit s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| pipeline | Keras acc | TFLite acc | bytes | gzip bytes | latency ms | fit s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         fit = f"{r['fit_seconds']:.2f}" if r["fit_seconds"] else "-"
         print(
             f"| {r['pipeline']} | {r['keras_accuracy']:.3f} | {r['tflite_accuracy']:.3f} | {r['bytes']:,} | "
-            f"{r['gzip_bytes']:,} | {fit} |"
+            f"{r['gzip_bytes']:,} | {r['latency_ms']:.4f} | {fit} |"
         )
     ratio = tfc_seconds / tfmot_seconds
     print(f"\ntfc.quantize fit time / tfmot quantize_model fit time: {ratio:.2f}x (goal <= 1.05x)")
@@ -156,7 +191,7 @@ def main(argv):
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu,
         "tensorflow": tf.__version__,
-        "settings": {k: FLAGS[k].value for k in ("epochs", "finetune_epochs", "repeats", "sparsity", "clusters")},
+        "settings": {k: FLAGS[k].value for k in ("epochs", "finetune_epochs", "repeats", "sparsity", "clusters", "latency_runs")},
         "rows": rows,
         "fit_time_ratio_tfc_vs_tfmot": ratio,
     }
