@@ -14,8 +14,9 @@ VERSION = re.search(
     re.M,
 ).group(1)
 
-EXAMPLES = ["scikit-learn>=1.3"]
-DEV = EXAMPLES + ["pytest>=7.4"]
+# The Colab tutorials and benchmark plots use matplotlib; tests execute the tutorials with nbclient.
+EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
+DEV = EXAMPLES + ["pytest>=7.4", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25"]
 
 setup(
     name="tfcompress",
