@@ -5,6 +5,7 @@ import tensorflow as tf
 from tfcompress._keras import keras
 
 
+@keras.utils.register_keras_serializable(package="tfcompress")
 class CurrentValue(keras.metrics.Metric):
     """The latest value given, not an average over the epoch.
 

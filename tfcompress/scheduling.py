@@ -13,6 +13,16 @@ Parts switch phases by assigning their own variables, so a traced
 `train_function` never has to be retraced.
 """
 
+from tensorflow.python.saved_model import save_context
+
+
+def tracing_for_saving():
+    """True while a SavedModel traces the model (its `training=True` functions too), not in `fit`.
+
+    Parts refuse to train unscheduled; saving a model before its first fit must still work.
+    """
+    return save_context.in_save_context()
+
 
 class Scheduled:
     """Mixin for layers and models that `CompressionCallback` drives."""

@@ -10,7 +10,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import CurrentValue
-from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, _validate_sparsity
+from tfcompress.pruning.schedules import SCHEDULES, ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
 
 DEFAULT_SPARSITY = 0.8
@@ -126,19 +126,16 @@ def prune(
     final_sparsity = _validate_sparsity(final_sparsity, "final_sparsity")
     _validate_sparsity(initial_sparsity, "initial_sparsity")
 
-    schedules = {}
-
     def schedule_for(target):
+        # One schedule per wrapper: a SavedModel restores each wrapper's step variables into its own.
         if not isinstance(schedule, str):
-            return schedule
-        if target not in schedules:
-            if schedule == "polynomial":
-                schedules[target] = PolynomialDecay(initial_sparsity, target, begin, end, power, frequency)
-            elif schedule == "constant":
-                schedules[target] = ConstantSparsity(target, begin, end, frequency)
-            else:
-                raise ValueError(f"`schedule` must be 'polynomial' or 'constant'; got {schedule!r}.")
-        return schedules[target]
+            config = schedule.get_config()
+            return SCHEDULES[config["class_name"]](**config["config"])
+        if schedule == "polynomial":
+            return PolynomialDecay(initial_sparsity, target, begin, end, power, frequency)
+        if schedule == "constant":
+            return ConstantSparsity(target, begin, end, frequency)
+        raise ValueError(f"`schedule` must be 'polynomial' or 'constant'; got {schedule!r}.")
 
     if not isinstance(schedule, str) and not isinstance(schedule, (PolynomialDecay, ConstantSparsity)):
         raise TypeError(

@@ -33,10 +33,15 @@ def _validate_sparsity(value, name):
     return float(value)
 
 
-class _FitSchedule(tfmot.sparsity.keras.PruningSchedule):
-    """Shared step handling of the schedules below."""
+class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, tf.Module):
+    """Shared step handling of the schedules below.
+
+    A `tf.Module`, so the wrapper holding it tracks its step variables: a
+    SavedModel refuses traced functions that capture untracked variables.
+    """
 
     def __init__(self, begin, end, frequency):
+        tf.Module.__init__(self, name=type(self).__name__.lower())
         self.begin = validate_point(begin, "begin")
         self.end = validate_point(end, "end")
         if is_fraction(self.begin) == is_fraction(self.end) and self.begin > self.end:

@@ -5,6 +5,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfcompress._keras import keras
 from tfcompress.pruning.schedules import SCHEDULES
+from tfcompress.scheduling import tracing_for_saving
 
 def find_pruning_wrappers(model):
     """Every tfmot pruning wrapper in `model`, in nested models and wrappers too.
@@ -39,7 +40,7 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
 
     def call(self, inputs, training=None, **kwargs):
         # Fractions in the schedule are only known once fit starts: say so before tfmot's graph assert does.
-        if training is True and not getattr(self.pruning_schedule, "resolved", True):
+        if training is True and not getattr(self.pruning_schedule, "resolved", True) and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.layer.name!r}: schedule not resolved.)")
         outputs = super().call(inputs, training=training, **kwargs)
         report = getattr(self, "_tfc_sparsity_report", None)
