@@ -51,12 +51,14 @@ x, y = x[order], y[order]
 x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
 print(f"train {x_train.shape}, test {x_test.shape}")'''
 
-IMPORTS = '''import tf_keras as keras  # Keras 2: the generation tfmot works with
+IMPORTS = '''import tensorflow as tf
+import tf_keras as keras  # Keras 2: the generation tfmot works with
 import tfcompress as tfc
 import tflite_export as tfe
 import matplotlib.pyplot as plt
 
-print("tfcompress", tfc.__version__)'''
+tf.get_logger().setLevel("ERROR")  # the converter's "Assets written to ..." lines are noise here
+print("tfcompress", tfc.__version__, "| TensorFlow", tf.__version__)'''
 
 COMPILE = '''def compile_model(model, learning_rate=3e-3):
     model.compile(
@@ -267,10 +269,15 @@ print(f"2:4 model: test accuracy {two_four.evaluate(x_test, y_test, verbose=0)[1
 for layer in two_four.layers:
     if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
         kernel = layer.kernel.numpy()
+        zeros = 1 - np.count_nonzero(kernel) / kernel.size
+        if kernel.shape[-2] % 4:
+            print(f"{layer.name:7s} {kernel.shape!s:16s} {kernel.shape[-2]} input channel(s), no groups of 4: "
+                  f"{zeros:.0%} zeros")
+            continue
         # Groups of 4 consecutive weights along the input axis (axis -2), for every output unit.
         groups = np.moveaxis(kernel, -2, -1).reshape(-1, 4)
         share = np.mean(np.count_nonzero(groups, axis=1) <= 2)
-        print(f"{layer.name:7s} {kernel.shape!s:16s} groups of 4 with <= 2 non-zeros: {share:.0%}")'''
+        print(f"{layer.name:7s} {kernel.shape!s:16s} groups of 4 with <= 2 non-zeros: {share:.0%} ({zeros:.0%} zeros)")'''
         ),
         new_markdown_cell(
             "## Per-layer targets\n\nThe first convolution and the logits layer are small and "
@@ -635,6 +642,8 @@ NOTEBOOKS = {
 
 def build(name):
     notebook = new_notebook(cells=NOTEBOOKS[name]())
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index:02d}"  # stable ids: regenerating changes only what was edited
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook.metadata["language_info"] = {"name": "python"}
     notebook.metadata["colab"] = {"provenance": []}
