@@ -5,15 +5,17 @@
 
     model = tfc.prune(model, final_sparsity=0.8)        # magnitude pruning
     model = tfc.quantize(model, start=0.6)              # QAT from 60% of the fit
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
-    final = tfc.strip(model)
+    distiller = tfc.Distiller(teacher=teacher, student=model, temperature=4.0)
+    distiller.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    distiller.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
+    final = tfc.strip(distiller.student)
     tfc.summary(final)
 """
 
-from tfcompress import clustering, pruning, quantization
+from tfcompress import clustering, distillation, pruning, quantization
 from tfcompress.callbacks import CompressionCallback
 from tfcompress.clustering import cluster
+from tfcompress.distillation import Distiller
 from tfcompress.pruning import prune
 from tfcompress.quantization import quantize
 from tfcompress.strip import strip
@@ -22,8 +24,10 @@ from tfcompress.version import __version__
 
 __all__ = [
     "CompressionCallback",
+    "Distiller",
     "cluster",
     "clustering",
+    "distillation",
     "prune",
     "pruning",
     "quantization",
