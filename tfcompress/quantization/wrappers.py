@@ -96,13 +96,16 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
     def build(self, input_shape):
         super().build(input_shape)
         self._build_phases()
-        for index, (weight, quantizer, variables) in enumerate(self._weight_vars):
+        weight_vars = []
+        for weight, quantizer, variables in self._weight_vars:
             if isinstance(quantizer, ClusteredQuantizer):
                 # Clustering stays on in every QAT phase; only the quantization is gated.
                 quantizer.inner = GatedQuantizer(quantizer.inner, self, freezable=False)
             else:
                 quantizer = GatedQuantizer(quantizer, self, freezable=False)
-            self._weight_vars[index] = (weight, quantizer, variables)
+            weight_vars.append((weight, quantizer, variables))
+        # A new list, not items replaced in place: a SavedModel refuses tracked lists that were edited.
+        self._weight_vars = weight_vars
         if isinstance(self.layer, cluster_wrapper.ClusterWeights):
             self.layer.weights_set_by_parent = True
         for activation in self._quantize_activations:

@@ -1,0 +1,134 @@
+"""tfc.load_model: wrapped models saved mid-schedule load from .keras, .h5 and SavedModel and train on."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import compile_classifier, dense_digits_model
+
+import tfcompress as tfc
+from tfcompress._keras import keras
+from tfcompress.clustering import ClusterWeights
+from tfcompress.pruning import PruneLowMagnitude
+from tfcompress.quantization import QuantizeWrapper
+from tfcompress.saving import custom_object_scope, custom_objects, load_model
+
+EPOCHS = 3
+FORMATS = {".keras": "model.keras", ".h5": "model.h5", "SavedModel": "saved_model"}
+
+
+def pruned_and_quantized():
+    """hidden1 pruned then quantized, hidden2 and logits only quantized: both wrapper layouts."""
+    pruned = tfc.prune(dense_digits_model(seed=4, width=32), 0.75, end=1.0, layers=["hidden1"])
+    return compile_classifier(tfc.quantize(pruned, start=0.5))
+
+
+def clustered():
+    return compile_classifier(tfc.cluster(dense_digits_model(seed=4, width=32), clusters=8, begin=0.5))
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    """Ends a fit after its first epoch, as an interruption would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def fit(model, data, extra_callbacks=(), **kwargs):
+    x, y = data[0][:256], data[1][:256]
+    return model.fit(
+        x, y, epochs=EPOCHS, batch_size=64, shuffle=False, verbose=0,
+        callbacks=[tfc.CompressionCallback(verbose=0), *extra_callbacks], **kwargs,
+    ).history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits):
+    return {make: fit(make(), digits) for make in (pruned_and_quantized, clustered)}
+
+
+def state_logs(history):
+    return {key: history[key] for key in ("sparsity", "qat_phase") if key in history}
+
+
+@pytest.mark.parametrize(
+    "make, wrapper, fmt",
+    [
+        (pruned_and_quantized, QuantizeWrapper, ".keras"),
+        (pruned_and_quantized, QuantizeWrapper, ".h5"),
+        (clustered, ClusterWeights, ".h5"),
+    ],
+)
+def test_saved_mid_schedule_loads_and_trains_on_like_an_uninterrupted_fit(
+    make, wrapper, fmt, uninterrupted, digits, tmp_path
+):
+    straight = uninterrupted[make]
+    model = make()
+    first = fit(model, digits, [StopAfterFirstEpoch()])
+    path = tmp_path / FORMATS[fmt]
+    model.save(path, **({"save_format": "tf"} if fmt == "SavedModel" else {}))
+    loaded = load_model(path)
+    assert any(isinstance(layer, wrapper) for layer in loaded.layers)
+    x_test = digits[2]
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-6)
+
+    rest = fit(loaded, digits, initial_epoch=1)
+    for key, values in state_logs(straight).items():
+        np.testing.assert_allclose(first[key] + rest[key], values, atol=1e-6, err_msg=key)
+    # The optimizer state comes back too, so training continues on the same path.
+    np.testing.assert_allclose(first["loss"] + rest["loss"], straight["loss"], rtol=1e-3)
+    if wrapper is QuantizeWrapper:
+        assert straight["qat_phase"] == [0.0, 1.0, 1.0]
+        assert straight["sparsity"][0] < straight["sparsity"][-1] == pytest.approx(0.75, abs=0.01)
+        assert isinstance(loaded.get_layer("quant_prune_low_magnitude_hidden1").layer, PruneLowMagnitude)
+    else:
+        final = tfc.strip(loaded)
+        assert all(np.unique(final.get_layer(name).kernel.numpy()).size <= 8 for name in ("hidden1", "logits"))
+
+
+def test_saved_model_loads_and_predicts_and_says_how_to_resume(digits, tmp_path, caplog):
+    model = pruned_and_quantized()
+    fit(model, digits, [StopAfterFirstEpoch()])
+    model.save(tmp_path / "saved_model", save_format="tf")
+    loaded = load_model(tmp_path / "saved_model")
+    np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), model.predict(digits[2], verbose=0), atol=1e-6)
+    assert ".keras or .h5" in caplog.text
+
+
+def test_fresh_wrapped_models_save_before_any_fit(tmp_path):
+    # A SavedModel traces training=True, which must not demand the callback.
+    model = pruned_and_quantized()
+    model.save(tmp_path / "fresh", save_format="tf")
+    loaded = load_model(tmp_path / "fresh")
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+
+
+def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(digits, tmp_path):
+    model = pruned_and_quantized()
+    fit(model, digits)
+    final = tfc.strip(model)
+    final.save(tmp_path / "stripped.keras")
+    with pytest.raises(ValueError, match=r"\.h5.*SavedModel"):
+        load_model(tmp_path / "stripped.keras")
+    final.save(tmp_path / "stripped.h5")
+    loaded = load_model(tmp_path / "stripped.h5", compile=False)
+    np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), final.predict(digits[2], verbose=0), atol=1e-6)
+    converter = tf.lite.TFLiteConverter.from_keras_model(loaded)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    assert len(converter.convert()) > 0
+
+
+def test_custom_objects_work_with_plain_tf_keras_loading(digits, tmp_path):
+    model = clustered()
+    fit(model, digits, [StopAfterFirstEpoch()])
+    model.save(tmp_path / "model.h5")
+    plain = keras.models.load_model(tmp_path / "model.h5", custom_objects=custom_objects())
+    with custom_object_scope():
+        scoped = keras.models.load_model(tmp_path / "model.h5")
+    expected = model.predict(digits[2], verbose=0)
+    for loaded in (plain, scoped):
+        np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), expected, atol=1e-6)
+
+
+def test_missing_file_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.save\('model.keras'\)"):
+        load_model(tmp_path / "nope.keras")

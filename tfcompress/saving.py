@@ -1,0 +1,161 @@
+"""Saving and loading compressed models: one scope for every tfcompress and tfmot class.
+
+A model in training carries wrapper layers (pruning, quantization, clustering)
+that `tf_keras.models.load_model` only finds inside custom-object scopes:
+tfcompress's own classes and tfmot's. `load_model` opens them all, for
+`.keras`, `.h5` and SavedModel files, so a wrapped model saved mid-training
+loads back and keeps training with `tfc.CompressionCallback`.
+
+tfmot 0.8.1 cannot load its quantized models from `.keras` files: its
+`QuantizeLayer` never marks itself built, so loading builds it twice and the
+saved weights no longer fit (tfmot PR #1123, unreleased). tfcompress's own
+`QuantizeInput` marks itself built, so models still training with
+`tfc.quantize` load from `.keras`; a model stripped after QAT holds tfmot's
+layers, and `load_model` says to save it as `.h5` or a SavedModel instead.
+
+To resume training, save as `.keras` or `.h5`: a pruned model loaded from a
+SavedModel predicts as saved but its masks no longer advance (logged).
+"""
+
+import contextlib
+import os
+
+from absl import logging
+
+from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+    cluster_preserve_quantize_registry,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    prune_preserve_quantize_registry,
+)
+import tensorflow_model_optimization as tfmot
+
+from tfcompress._keras import keras
+# Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
+import tfcompress.clustering  # noqa: F401
+import tfcompress.quantization  # noqa: F401
+from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
+
+
+class _PruneLowMagnitudeByConfig:
+    """Finds the right pruning wrapper for a `.h5` file's nested "PruneLowMagnitude" entries.
+
+    Layers nested in a quantization wrapper are looked up by bare class name
+    in `.h5` files, which names tfmot's wrapper; tfcompress's schedules
+    (`begin` / `end` instead of tfmot's `begin_step` / `end_step`) say the
+    layer is tfcompress's.
+    """
+
+    @staticmethod
+    def from_config(config):
+        schedule = config.get("pruning_schedule", {}).get("config", {})
+        cls = PruneLowMagnitude if "begin" in schedule else tfmot.sparsity.keras.PruneLowMagnitude
+        return cls.from_config(config)
+
+
+def custom_objects():
+    """Every class a tfcompress or tfmot model file may name, by the name it is saved under.
+
+    Returns:
+        A dict `{name: class}` for `tf_keras.models.load_model(...,
+        custom_objects=...)` or `tf_keras.utils.custom_object_scope(...)`.
+
+    Example:
+
+    ```python
+    model = tf_keras.models.load_model("pruned.h5", custom_objects=tfc.custom_objects())
+    ```
+    """
+    objects = {}
+    for scope in (
+        tfmot.quantization.keras.quantize_scope(),
+        tfmot.sparsity.keras.prune_scope(),
+        tfmot.clustering.keras.cluster_scope(),
+    ):
+        for mapping in scope.custom_objects:
+            objects.update(mapping)
+    # tfmot's cluster_scope() names its base wrapper; files written by its cluster_weights() need it.
+    objects["ClusterWeights"] = cluster_wrapper.ClusterWeights
+    objects["PruneLowMagnitude"] = _PruneLowMagnitudeByConfig
+    for module in (prune_preserve_quantize_registry, cluster_preserve_quantize_registry):
+        objects.update(
+            {
+                name: value
+                for name, value in vars(module).items()
+                if isinstance(value, type) and issubclass(value, tfmot.quantization.keras.quantizers.Quantizer)
+            }
+        )
+    # Bare class names stay tfmot's; tfcompress's classes are registered (and saved) as "tfcompress>Name".
+    objects.update({name: cls for name, cls in keras.utils.get_custom_objects().items() if name.startswith("tfcompress>")})
+    return objects
+
+
+@contextlib.contextmanager
+def custom_object_scope(extra_objects=None):
+    """Context manager in which `tf_keras` finds every tfcompress and tfmot class.
+
+    Arguments:
+        extra_objects: optional dict of the user's own custom layers, losses
+            or functions that the file refers to.
+
+    Example:
+
+    ```python
+    with tfc.custom_object_scope():
+        model = tf_keras.models.load_model("qat_model.keras")
+    ```
+    """
+    with keras.utils.custom_object_scope({**custom_objects(), **(extra_objects or {})}):
+        yield
+
+
+def load_model(path, *, compile=True, custom_objects=None):
+    """Loads a model saved during or after compression, from any tf_keras format.
+
+    Pruned, quantization-aware and clustered models (tfcompress's or tfmot's
+    wrappers, still training or stripped) load from `.keras`, `.h5` and
+    SavedModel directories. A wrapped model loaded from `.keras` or `.h5`
+    keeps its schedules and optimizer state: train it on with
+    `tfc.CompressionCallback()` and `fit(initial_epoch=k)` to continue where
+    epoch k begins. From a SavedModel, pruning masks do not advance (logged).
+
+    Arguments:
+        path: a `.keras` or `.h5` file, or a SavedModel directory.
+        compile: restore the optimizer, loss and metrics saved with the model.
+        custom_objects: dict of the user's own custom objects, if any.
+
+    Returns:
+        The tf_keras model.
+
+    Example:
+
+    ```python
+    pruned.save("pruned.keras")
+    model = tfc.load_model("pruned.keras")
+    model.fit(x, y, epochs=4, initial_epoch=2, callbacks=[tfc.CompressionCallback()])
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist. Save the model first with model.save('model.keras') "
+            "(or '.h5', or a directory for a SavedModel)."
+        )
+    try:
+        with custom_object_scope(custom_objects):
+            model = keras.models.load_model(path, compile=compile)
+    except ValueError as error:
+        if path.endswith(".keras") and "quantize_layer" in str(error):
+            raise ValueError(
+                f"{path} holds tfmot's QuantizeLayer, which tfmot 0.8.1 cannot load from a .keras "
+                "file (tfmot PR #1123). Save the quantized model as .h5 (model.save('model.h5')) "
+                "or as a SavedModel (model.save('model_dir', save_format='tf')) and load that."
+            ) from error
+        raise
+    if os.path.isdir(path) and find_pruning_wrappers(model):
+        logging.warning(
+            "%s is a SavedModel: the pruned model loads and predicts as saved, but its masks do not "
+            "advance in further training. To resume pruning, save it as .keras or .h5.", path,
+        )
+    return model
