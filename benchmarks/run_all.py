@@ -114,10 +114,12 @@ def table(chosen):
             cell = fmt.format(value)
             base = baseline.get(key)
             if base and row is not baseline:
-                cell += f" ({value / base:.2f}x)"
+                # A ratio of accuracies hides what matters (0.99x is a full point): show points instead.
+                cell += f" ({(value - base) * 100:+.2f} pt)" if key.endswith("accuracy") else f" ({value / base:.2f}x)"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    sources = "; ".join(f"{label}: {row['pipeline']}" for label, row in chosen.items() if row and "pipeline" in row)
+    return "\n".join(lines) + f"\n\nRows: {sources}."
 
 
 def goals(chosen):
@@ -223,6 +225,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"unknown benchmark(s) {sorted(unknown)}; choose from {sorted(scripts)}")
     runs = {}
+    previous = directory / "summary.json"
+    if not FLAGS.run and previous.exists():
+        runs = json.loads(previous.read_text()).get("runs", {})  # --norun keeps the last run's record
     if FLAGS.run:
         for name, script in scripts.items():
             if not FLAGS.only or name in FLAGS.only:
@@ -258,12 +263,12 @@ def main(argv):
         f"{settings.get('finetune_epochs', '?')}-{2 * settings.get('finetune_epochs', 0) or '?'} epochs, "
         f"{settings.get('sparsity', 0):.0%} sparsity. Latency: LiteRT, 1 thread, median single-example "
         "invoke on this CPU. Fit s: the compression fit(s); for the baseline, its float training. "
-        "(x): ratio to the float baseline.\n"
+        "(x): ratio to the float baseline; (pt): accuracy difference in points.\n"
     )
     print(markdown)
     for goal in checked:
         print(f"- [{'x' if goal['met'] else ' '}] {goal['goal']} ({goal['detail']})")
-    failed = [name for name, run in runs.items() if run["exit_code"] != 0]
+    failed = [name for name, run in runs.items() if run["exit_code"] != 0] if FLAGS.run else []
     print(f"\nwrote {directory / 'summary.json'} and {', '.join(pngs) or 'no plots'}")
     if failed:
         print(f"FAILED benchmarks: {', '.join(failed)}")
