@@ -35,6 +35,8 @@ class CompressionCallback(keras.callbacks.Callback):
 
     def __init__(self, verbose=1):
         super().__init__()
+        # The batch hooks never read the logs: let Keras keep them as tensors (no per-step sync).
+        self._supports_tf_logs = True
         self.verbose = verbose
         self.plan = []
         self._pruning_wrappers = []
