@@ -39,9 +39,11 @@ def strip(model):
     ```
     """
     check_model(model, "tfc.strip")
-    for wrapper in find_pruning_wrappers(model):
-        if wrapper.built:
-            wrapper.pruning_obj.weight_mask_op()
+    # In the model's strategy scope: outside it, a mirrored kernel cannot be assigned (MirroredStrategy).
+    with model.distribute_strategy.scope():
+        for wrapper in find_pruning_wrappers(model):
+            if wrapper.built:
+                wrapper.pruning_obj.weight_mask_op()
     if find_quantization_layers(model):
         return strip_quantization(model)
     clustered = find_cluster_wrappers(model)

@@ -1,6 +1,8 @@
 """tfmot's pruning wrapper, with errors that name tfcompress's callback."""
 
+import numpy as np
 import tensorflow as tf
+from tensorflow_model_optimization.python.core.keras.utils import smart_cond
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import keras
@@ -37,12 +39,50 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
     """
 
     _PRUNE_CALLBACK_ERROR_MSG = MISSING_CALLBACK
+    # Set by a quantization wrapper around this one, which calls `update_masks` before it reads the kernel.
+    updated_by_parent = False
+
+    def update_masks(self, training=None):
+        """Adds tfmot's per-step updates: the step count, the scheduled mask update, kernel *= mask.
+
+        tfmot's `call` adds them; a wrapper around this layer calls this
+        before it reads the kernel instead, because under MirroredStrategy
+        each update is a cross-replica merge, and a merge after the kernel
+        was read loses the first replica's kernel gradient.
+
+        Arguments:
+            training: the `training` argument of the call being traced.
+        """
+        if training is None:
+            training = keras.backend.learning_phase()
+
+        def increment_step():
+            with tf.control_dependencies([self.pruning_step.assign_add(1)]):
+                return tf.no_op("update")
+
+        def update_mask():
+            at_least_one = tf.debugging.assert_greater_equal(
+                self.pruning_step, np.int64(1), message=self._PRUNE_CALLBACK_ERROR_MSG
+            )
+            with tf.control_dependencies([at_least_one]):
+                with tf.control_dependencies([self.pruning_obj.conditional_mask_update()]):
+                    return tf.no_op("update")
+
+        def no_update():
+            return tf.no_op("no_update")
+
+        self.add_update(smart_cond(training, increment_step, no_update))
+        self.add_update(smart_cond(training, update_mask, no_update))
+        self.add_update(self.pruning_obj.weight_mask_op())
 
     def call(self, inputs, training=None, **kwargs):
         # Fractions in the schedule are only known once fit starts: say so before tfmot's graph assert does.
         if training is True and not getattr(self.pruning_schedule, "resolved", True) and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.layer.name!r}: schedule not resolved.)")
-        outputs = super().call(inputs, training=training, **kwargs)
+        if self.updated_by_parent:
+            outputs = self.layer.call(inputs, **kwargs)
+        else:
+            outputs = super().call(inputs, training=training, **kwargs)
         report = getattr(self, "_tfc_sparsity_report", None)
         if report is not None:
             metric, masks = report

@@ -10,6 +10,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfcompress._keras import keras
 from tfcompress.quantization.gates import GatedQuantizer
+from tfcompress.pruning.wrapper import PruneLowMagnitude
 from tfcompress.scheduling import Scheduled, tracing_for_saving
 from tfcompress.steps import resolve_point, validate_point
 
@@ -108,14 +109,18 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
         self._weight_vars = weight_vars
         if isinstance(self.layer, cluster_wrapper.ClusterWeights):
             self.layer.weights_set_by_parent = True
+        if isinstance(self.layer, PruneLowMagnitude):
+            self.layer.updated_by_parent = True
         for activation in self._quantize_activations:
             activation.quantizer = GatedQuantizer(activation.quantizer, self, freezable=True)
         self._output_quantizers = [GatedQuantizer(q, self, freezable=True) for q in self._output_quantizers]
 
     def call(self, inputs, training=None, **kwargs):
         self._check_driven(training)
-        if isinstance(self.layer, pruning_wrapper.PruneLowMagnitude):
-            # Mask first, so the kernel that gets fake-quantized already has its zeros.
+        if isinstance(self.layer, PruneLowMagnitude):
+            # Mask first, so the kernel that gets fake-quantized already has its zeros (see update_masks).
+            self.layer.update_masks(training)
+        elif isinstance(self.layer, pruning_wrapper.PruneLowMagnitude):
             self.layer.pruning_obj.weight_mask_op()
         if training is True and self.freeze is not None and isinstance(self.layer, keras.layers.BatchNormalization):
             return tf.cond(

@@ -1,0 +1,90 @@
+"""tfc.prune + tfc.quantize under tf.distribute.MirroredStrategy with 2 logical CPU devices.
+
+Logical devices must be configured before TensorFlow initializes, and pytest's
+process has initialized it already, so the body runs in a fresh interpreter
+and prints its measurements as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+sys.path.insert(0, TESTS_DIR)
+from conftest import compile_classifier, dense_digits_model
+from sklearn.datasets import load_digits
+
+import tfcompress as tfc
+from tfcompress.pruning.wrapper import find_pruning_wrappers
+
+data = load_digits()
+x = (data.images / 16.0).astype("float32")[..., None]
+y = data.target.astype("int64")
+order = np.random.default_rng(0).permutation(len(x))
+x, y = x[order][:1024], y[order][:1024]
+
+
+def compressed():
+    pruned = tfc.prune(dense_digits_model(seed=3, width=32), 0.75, end=0.5)
+    return compile_classifier(tfc.quantize(pruned, start=0.5), learning_rate=1e-2)
+
+
+def run(model):
+    callback = tfc.CompressionCallback(verbose=0)
+    history = model.fit(x, y, epochs=4, batch_size=64, shuffle=False, verbose=0, callbacks=[callback]).history
+    tfc.strip(model)  # applies the masks, as before an export
+    kernels = [(w.pruning_vars[0][0] * w.pruning_vars[0][1]).numpy() for w in find_pruning_wrappers(model)]
+    return {
+        "sparsity": history["sparsity"],
+        "qat_phase": history["qat_phase"],
+        "loss": history["loss"],
+        "kernel_sparsity": [float(np.mean(k == 0)) for k in kernels],
+        "plan": [{k: v for k, v in entry.items() if k not in ("description", "layers")} for entry in callback.plan],
+    }
+
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    mirrored_model = compressed()
+results = {"replicas": strategy.num_replicas_in_sync, "mirrored": run(mirrored_model), "single": run(compressed())}
+print("RESULT " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def results():
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT.replace("TESTS_DIR", repr(tests_dir))],
+        capture_output=True, text=True, timeout=400, cwd=os.path.dirname(tests_dir),
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_two_replicas_prune_and_quantize_on_the_single_device_schedule(results):
+    assert results["replicas"] == 2
+    mirrored, single = results["mirrored"], results["single"]
+    assert mirrored["plan"] == single["plan"]
+    assert mirrored["sparsity"] == pytest.approx(single["sparsity"], abs=1e-6)
+    assert mirrored["qat_phase"] == single["qat_phase"] == [0.0, 0.0, 1.0, 1.0]
+    assert mirrored["kernel_sparsity"] == pytest.approx([0.75] * 3, abs=0.01)
+    assert mirrored["kernel_sparsity"] == pytest.approx(single["kernel_sparsity"], abs=1e-6)
+
+
+def test_mirrored_training_follows_the_single_device_loss(results):
+    mirrored, single = results["mirrored"], results["single"]
+    assert mirrored["loss"][-1] < 0.7 * mirrored["loss"][0]
+    assert mirrored["loss"] == pytest.approx(single["loss"], rel=0.05)
