@@ -1,0 +1,86 @@
+"""Reproducibility: identical flatbuffers from identical exports, identical masks from a fixed seed."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import compile_classifier, dense_digits_model
+
+import tfcompress as tfc
+import tflite_export
+
+MASKS_SCRIPT = r"""
+import hashlib, json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+
+# Process-wide and irreversible, so it runs here and not in pytest's process.
+tf.config.experimental.enable_op_determinism()
+sys.path.insert(0, TESTS_DIR)
+import numpy as np
+from conftest import compile_classifier, dense_digits_model
+from sklearn.datasets import load_digits
+
+import tfcompress as tfc
+from tfcompress._keras import keras
+from tfcompress.pruning.wrapper import find_pruning_wrappers
+
+data = load_digits()
+x = (data.images / 16.0).astype("float32")[..., None]
+y = data.target.astype("int64")
+keras.utils.set_random_seed(SEED)  # also seeds fit's shuffling and dropout
+model = compile_classifier(tfc.prune(dense_digits_model(seed=SEED, width=32), 0.7, end=0.6))
+history = model.fit(x[:512], y[:512], epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+masks = {w.layer.name: hashlib.sha256(w.pruning_vars[0][1].numpy().tobytes()).hexdigest() for w in find_pruning_wrappers(model)}
+print("RESULT " + json.dumps({"masks": masks, "sparsity": history.history["sparsity"], "loss": history.history["loss"]}))
+"""
+
+
+def masks_in_fresh_processes(*seeds):
+    """Runs MASKS_SCRIPT once per seed, each in its own interpreter, side by side."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MASKS_SCRIPT.replace("TESTS_DIR", repr(tests_dir)).replace("SEED", str(seed))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(tests_dir),
+        )
+        for seed in seeds
+    ]
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        assert process.returncode == 0 and lines, stderr[-4000:]
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+    return results
+
+
+def test_fixed_seed_with_op_determinism_gives_the_same_masks_run_to_run():
+    first, second, other_seed = masks_in_fresh_processes(0, 0, 1)
+    assert set(first["masks"]) == {"hidden1", "hidden2", "logits"}
+    assert first["masks"] == second["masks"]
+    assert first["loss"] == second["loss"] and first["sparsity"] == second["sparsity"]
+    assert first["sparsity"][-1] == pytest.approx(0.7, abs=0.01)
+    # The masks depend on the training, so a different seed gives different ones.
+    assert other_seed["masks"] != first["masks"]
+
+
+@pytest.fixture(scope="module")
+def stripped(digits):
+    x, y, _, _ = digits
+    model = compile_classifier(tfc.prune(dense_digits_model(seed=6, width=32), 0.8, end=0.5))
+    model.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    return tfc.strip(model)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "edgetpu"])
+def test_exporting_the_same_model_twice_gives_identical_bytes(precision, stripped, digits, tmp_path):
+    calibration = digits[0][:128] if precision != "fp32" else None
+    digests = []
+    for name in ("first.tflite", "second.tflite"):
+        result = tflite_export.export(stripped, tmp_path / name, precision, representative_data=calibration, latency_runs=0)
+        digests.append(hashlib.sha256(open(result.path, "rb").read()).hexdigest())
+    assert digests[0] == digests[1]
