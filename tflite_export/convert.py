@@ -238,7 +238,7 @@ def _check_edgetpu(content):
 def _validation_arrays(validation_data):
     if isinstance(validation_data, tuple) and len(validation_data) == 2:
         x, y = validation_data
-        return np.asarray(x, dtype=np.float32), None if y is None else np.asarray(y)
+        return np.asarray(x), None if y is None else np.asarray(y)  # compare() checks and converts x
     raise ValueError("validation_data must be an (x, y) tuple of arrays, e.g. (x_test, y_test).")
 
 
@@ -252,7 +252,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         model: a tf_keras model, or the path of one (`.keras`, `.h5`, SavedModel directory).
             Pruning and clustering wrappers are stripped first (logged); QAT wrappers are
             kept so their learned ranges are used.
-        path: destination `.tflite` file. Written only after every check passed.
+        path: destination `.tflite` file. Written only after every check passed; an
+            existing file there is replaced in one atomic rename, and a failed export
+            leaves it (and the directory) as they were.
         precision: `"fp32"`; `"fp16"` (float16 weights); `"dynamic"` (int8 weights, float
             activations); `"int8"` (full integer, float IO unless `io_dtype`); `"int16x8"`
             (16-bit activations, 8-bit weights); `"edgetpu"` (full int8, uint8 IO unless
@@ -299,6 +301,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if sparse not in ("auto", True, False):
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
     path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Cannot write {path}: it is a directory. Pass a file path such as "
+                                f"{os.path.join(path, 'model.tflite')}.")
     if not os.path.isdir(os.path.dirname(path)):
         raise FileNotFoundError(f"Cannot write {path}: directory {os.path.dirname(path)} does not "
                                 "exist. Create it first or choose another path.")

@@ -188,9 +188,20 @@ def true_labels(y):
 def compare(content, x, y=None, *, keras_model=None, reference_content=None, num_threads=1,
             latency_runs=100):
     """Core of `verify` on bytes: accuracy, agreement, output difference, latency."""
-    x = np.asarray(x, dtype=np.float32)
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"x must hold numeric model inputs, got dtype {np.asarray(x).dtype}; pass the float "
+            "inputs the model takes, e.g. x_test.astype('float32')."
+        ) from error
     if len(x) == 0:
         raise ValueError("x is empty; pass at least one validation example.")
+    if not np.isfinite(x).all():
+        raise ValueError(
+            "x contains NaN or infinite values, which make accuracy meaningless; drop or fix those "
+            "examples first (e.g. x[np.isfinite(x).reshape(len(x), -1).all(axis=1)])."
+        )
     if y is not None and len(y) != len(x):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; pass matching arrays.")
     outputs, runtime = run_flatbuffer(content, x, num_threads=num_threads)

@@ -1,0 +1,124 @@
+"""Bad input not covered elsewhere: each gets the error type, a message that names the fix, and no file."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import compile_classifier, dense_digits_model
+
+import tfcompress as tfc
+import tflite_export
+from tfcompress._keras import keras
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def subclassed():
+    model = Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+ENTRY_POINTS = {"tfc.quantize": tfc.quantize, "tfc.cluster": tfc.cluster, "tfc.strip": tfc.strip}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_subclassed_and_unbuilt_models_are_refused_by_every_entry_point(name):
+    entry = ENTRY_POINTS[name]
+    with pytest.raises(TypeError, match=rf"{name} got a subclassed model.*rebuild it as a functional model"):
+        entry(subclassed())
+    with pytest.raises(ValueError, match=rf"{name} got a model that is not built.*input_shape="):
+        entry(keras.Sequential([keras.layers.Dense(2)]))
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_keras3_models_are_refused_with_how_to_build_a_tf_keras_one(name):
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(), keras3.layers.Dense(10)])
+    with pytest.raises(TypeError, match=r"Keras 3.*import tf_keras as keras"):
+        ENTRY_POINTS[name](model)
+
+
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (lambda: tfc.quantize(dense_digits_model(width=8), start=0.5), "quantization"),
+        (lambda: tfc.cluster(dense_digits_model(width=8), 4, begin=0.5), "clustering"),
+    ],
+)
+def test_unknown_length_dataset_is_refused_when_fit_starts(make, what, digits):
+    x, y = digits[0][:128], digits[1][:128]
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).filter(lambda a, b: True)
+    model = compile_classifier(make())
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=rf"cannot schedule {what}.*steps_per_epoch="):
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)  # refused before the first step, not at the end
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda m: tfc.cluster(m, begin=1.5), "fraction of the fit and must be in"),
+        (lambda m: tfc.cluster(m, begin=-2), "must be >= 0"),
+        (lambda m: tfc.quantize(m, freeze=-1), "must be >= 0"),
+        (lambda m: tfc.prune(m, float("nan")), r"\[0, 1\)"),
+        (lambda m: tfc.prune(m, 0.5, initial_sparsity=1.0), r"\[0, 1\)"),
+    ],
+)
+def test_schedule_arguments_out_of_range(build, message):
+    with pytest.raises(ValueError, match=message):
+        build(dense_digits_model(width=8))
+
+
+def test_mixed_step_and_fraction_begin_after_end_is_refused_at_fit_start(digits):
+    model = compile_classifier(tfc.prune(dense_digits_model(width=8), 0.5, begin=50, end=0.1))
+    with pytest.raises(ValueError, match="`begin` must not come after `end`"):
+        model.fit(digits[0][:128], digits[1][:128], epochs=1, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return dense_digits_model(width=8)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.full((10, 8, 8, 1), np.nan, "float32"), "NaN or infinite"),
+        (np.array([["a"] * 8] * 8), "astype('float32')"),
+        (np.zeros((0, 8, 8, 1), "float32"), "at least one"),
+        (np.zeros((10, 64), "float32"), "(batch, 8, 8, 1)"),
+    ],
+)
+def test_bad_validation_data_fails_the_export_and_writes_nothing(x, message, small_model, tmp_path):
+    with pytest.raises(ValueError) as error:
+        tflite_export.export(small_model, tmp_path / "m.tflite", "fp32", validation_data=(x, np.zeros(len(x))))
+    assert message in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_directory_as_output_path_names_the_fix(small_model, tmp_path):
+    (tmp_path / "out.tflite").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out.tflite.*model.tflite"):
+        tflite_export.export(small_model, tmp_path / "out.tflite", "fp32")
+    assert os.listdir(tmp_path) == ["out.tflite"] and os.listdir(tmp_path / "out.tflite") == []
+
+
+def test_an_existing_file_is_replaced_whole(small_model, digits, tmp_path):
+    """The documented rule: export overwrites, atomically; no temporary file stays."""
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"an older model")
+    result = tflite_export.export(small_model, target, "int8", representative_data=digits[0][:64], latency_runs=0)
+    assert target.read_bytes()[4:8] == b"TFL3" and os.path.getsize(target) == result.bytes
+    assert os.listdir(tmp_path) == ["model.tflite"]
