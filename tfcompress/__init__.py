@@ -12,12 +12,13 @@
     tfc.summary(final)
 """
 
-from tfcompress import clustering, distillation, pruning, quantization
+from tfcompress import clustering, distillation, pruning, quantization, saving
 from tfcompress.callbacks import CompressionCallback
 from tfcompress.clustering import cluster
 from tfcompress.distillation import Distiller
 from tfcompress.pruning import prune
 from tfcompress.quantization import quantize
+from tfcompress.saving import custom_object_scope, custom_objects, load_model
 from tfcompress.strip import strip
 from tfcompress.summary import summary
 from tfcompress.version import __version__
@@ -27,11 +28,15 @@ __all__ = [
     "Distiller",
     "cluster",
     "clustering",
+    "custom_object_scope",
+    "custom_objects",
     "distillation",
+    "load_model",
     "prune",
     "pruning",
     "quantization",
     "quantize",
+    "saving",
     "strip",
     "summary",
     "__version__",
