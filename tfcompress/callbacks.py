@@ -75,10 +75,11 @@ class CompressionCallback(keras.callbacks.Callback):
                     "total_steps": total,
                 },
             )
-            if total is not None and end > total:
+        for entry in self.plan:
+            if total is not None and entry["end_step"] > total:
                 logging.warning(
-                    "Pruning ends at step %d but this fit has %d steps: the target sparsity "
-                    "will not be reached in this fit.", end, total,
+                    "Pruning of %s ends at step %d but this fit has %d steps: the target sparsity "
+                    "will not be reached in this fit.", ", ".join(entry["layers"]), entry["end_step"], total,
                 )
         self._parts = scheduled_parts(self.model)
         for part in self._parts:
