@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 from conftest import compile_classifier, dense_digits_model
+from litert_helpers import int8_flatbuffer, int8_kernels
 
 import tfcompress as tfc
 from tfcompress.clustering import cluster
@@ -52,21 +51,9 @@ def test_cluster_preserving_qat_keeps_shared_values_in_int8(trained_mlp, digits)
     clustered.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
     qat = compile_classifier(quantize(tfc.strip(clustered), preserve="clusters"), learning_rate=1e-4)
     qat.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
-    kernels = int8_kernels(tfc.strip(qat))
+    kernels = int8_kernels(int8_flatbuffer(tfc.strip(qat)))
     assert len(kernels) == 3
     assert all(np.unique(kernel).size <= 16 for kernel in kernels)
-
-
-def int8_kernels(model):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    interpreter = Interpreter(model_content=converter.convert())
-    interpreter.allocate_tensors()
-    return [
-        interpreter.get_tensor(t["index"])
-        for t in interpreter.get_tensor_details()
-        if t["dtype"] == np.int8 and len(t["shape"]) == 2 and t["shape"][0] > 1
-    ]
 
 
 def test_cluster_then_quantize_in_one_fit(trained_mlp, digits):
@@ -78,7 +65,7 @@ def test_cluster_then_quantize_in_one_fit(trained_mlp, digits):
     assert history.history["qat_phase"] == [0.0, 1.0]
     final = compile_classifier(tfc.strip(model))
     np.testing.assert_allclose(final.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5)
-    kernels = int8_kernels(final)
+    kernels = int8_kernels(int8_flatbuffer(final))
     assert len(kernels) == 3
     assert all(np.unique(kernel).size <= 16 for kernel in kernels)
     assert final.evaluate(x_test, y_test, verbose=0)[1] >= trained_mlp.evaluate(x_test, y_test, verbose=0)[1] - 0.03

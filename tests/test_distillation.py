@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 from conftest import cnn_digits_model, compile_classifier, dense_digits_model
+from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 from scipy.special import log_softmax, softmax
 
 import tfcompress as tfc
@@ -32,16 +32,6 @@ def small_cnn(seed=0, filters=8, units=16):
     h = keras.layers.Flatten(name="flatten")(h)
     h = keras.layers.Dense(units, activation="relu", name="dense")(h)
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-
-
-def litert_predict(flatbuffer, x):
-    interpreter = Interpreter(model_content=flatbuffer)
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 @pytest.fixture(scope="module")
@@ -321,16 +311,8 @@ def test_prune_qat_and_distill_in_one_fit_converts_to_int8(teacher, digits):
     assert history.history["qat_phase"][-1] == 1.0
     assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
     final = tfc.strip(distiller.student)
-    converter = tf.lite.TFLiteConverter.from_keras_model(final)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    kernels = [
-        interpreter.get_tensor(t["index"])
-        for t in interpreter.get_tensor_details()
-        if t["dtype"] == np.int8 and len(t["shape"]) == 2 and t["shape"][0] > 1
-    ]
+    flatbuffer = int8_flatbuffer(final)
+    kernels = int8_kernels(flatbuffer)
     assert len(kernels) == 3
     for kernel in kernels:
         assert 1 - np.count_nonzero(kernel) / kernel.size >= 0.79

@@ -2,31 +2,15 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from ai_edge_litert.interpreter import Interpreter
 from conftest import cnn_digits_model, compile_classifier, dense_digits_model
+from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 
 import tfcompress as tfc
 from tfcompress._keras import keras
 from tfcompress.quantization import QuantizeWrapper, quantize
 from tfcompress.quantization.wrappers import find_quantization_layers
-
-
-def int8_flatbuffer(model):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return converter.convert()
-
-
-def litert_predict(flatbuffer, x):
-    interpreter = Interpreter(model_content=flatbuffer)
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 def set_phase(model, on):
@@ -124,13 +108,7 @@ def test_prune_then_quantize_in_one_fit_keeps_zeros_in_int8(digits):
     final = tfc.strip(model)
     assert tfc.summary(final, print_fn=None).total.sparsity == pytest.approx(0.8, abs=0.01)
     flatbuffer = int8_flatbuffer(final)
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    kernels = [
-        interpreter.get_tensor(t["index"])
-        for t in interpreter.get_tensor_details()
-        if t["dtype"] == np.int8 and len(t["shape"]) == 2 and t["shape"][0] > 1
-    ]
+    kernels = int8_kernels(flatbuffer)
     assert len(kernels) == 3
     for kernel in kernels:
         assert 1 - np.count_nonzero(kernel) / kernel.size >= 0.79
