@@ -22,12 +22,14 @@ def is_keras3_object(obj):
     return module == "keras" or module.startswith(("keras.", "keras.src"))
 
 
-def check_model(model, caller):
+def check_model(model, caller, allow_subclassed=False):
     """Raises a clear error unless `model` is a built Sequential/functional tf_keras model.
 
     Arguments:
         model: the object the user passed.
         caller: the public entry point, named in the error (e.g. `"tfc.prune"`).
+        allow_subclassed: accept subclassed models too (for entry points that
+            only read weights and never clone the model).
 
     Returns:
         The model, unchanged.
@@ -42,7 +44,8 @@ def check_model(model, caller):
             f"{caller} expects a tf_keras.Model, got {type(model).__name__}. "
             f"{_BUILD_HINT}"
         )
-    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+    subclassed = not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False))
+    if subclassed and not allow_subclassed:
         raise TypeError(
             f"{caller} got a subclassed model ({type(model).__name__}); tfmot can only "
             "clone Sequential and functional models. Wrap the layers inside your "
@@ -52,7 +55,11 @@ def check_model(model, caller):
     if not model.built:
         raise ValueError(
             f"{caller} got a model that is not built yet: its weights do not exist. "
-            "Give the first layer an `input_shape=` (or start with keras.Input), or call "
-            "`model.build(input_shape)` first."
+            + (
+                "Call it once on a batch of inputs (model(x[:1])) first."
+                if subclassed
+                else "Give the first layer an `input_shape=` (or start with keras.Input), or call "
+                "`model.build(input_shape)` first."
+            )
         )
     return model

@@ -9,7 +9,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfcompress._keras import keras
+from tfcompress._keras import check_model, keras
 
 
 @dataclasses.dataclass
@@ -152,15 +152,20 @@ def summary(model, print_fn=print):
     """Prints and returns each layer's parameters, zeros, bits and compressed size.
 
     Works on wrapped models (masks applied, as the model computes) and on
-    stripped ones. Layers without weights are left out.
+    stripped ones, and on subclassed models (their tracked layers). Layers
+    without weights are left out.
 
     Arguments:
-        model: a tf_keras model, compressed or not.
+        model: a built tf_keras model, compressed or not.
         print_fn: where the table goes (`print` by default; None prints nothing).
 
     Returns:
         A `ModelSummary`: `.rows` (one `LayerSummary` per layer with weights),
         `.total`, `.as_dict()` for JSON, and `str()` for the table.
+
+    Raises:
+        TypeError: `model` is a Keras 3 model or not a model.
+        ValueError: `model` is not built yet (it has no weights to count).
 
     Example:
 
@@ -169,6 +174,7 @@ def summary(model, print_fn=print):
     info.total.sparsity, info.total.gzip_bytes
     ```
     """
+    check_model(model, "tfc.summary", allow_subclassed=True)
     rows, arrays = [], []
     for layer in _leaf_layers(model):
         if isinstance(layer, QuantizeLayer):
