@@ -1,6 +1,7 @@
 """Bad input not covered elsewhere: each gets the error type, a message that names the fix, and no file."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -132,6 +133,36 @@ def test_a_directory_as_output_path_names_the_fix(small_model, tmp_path):
     with pytest.raises(IsADirectoryError, match=r"out.tflite.*model.tflite"):
         tflite_export.export(small_model, tmp_path / "out.tflite", "fp32")
     assert os.listdir(tmp_path) == ["out.tflite"] and os.listdir(tmp_path / "out.tflite") == []
+
+
+@pytest.mark.parametrize("relative", ["afile/out.tflite", "afile/sub/out.tflite"])
+def test_an_output_path_under_a_regular_file_names_the_path_and_writes_nothing(relative, small_model, tmp_path):
+    (tmp_path / "afile").write_bytes(b"not a directory")
+    with pytest.raises(NotADirectoryError) as error:
+        tflite_export.export(small_model, tmp_path / relative, "fp32")
+    message = str(error.value)
+    assert f"Cannot write {tmp_path / relative}" in message and f"{tmp_path / 'afile'} is a file" in message
+    assert f"e.g. {tmp_path / 'out.tflite'}" in message  # a writable path next to the file
+    assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_bytes() == b"not a directory"
+
+
+def _refuses_new_files(directory):
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory)
+    except OSError:
+        return True
+    os.close(fd)
+    os.remove(probe)
+    return False
+
+
+@pytest.mark.skipif(not (os.path.isdir("/sys") and _refuses_new_files("/sys")),
+                    reason="needs a directory that refuses new files even for root (Linux /sys)")
+def test_a_directory_that_refuses_new_files_fails_before_conversion(small_model):
+    before = set(os.listdir("/sys"))
+    with pytest.raises(PermissionError, match=r"Cannot write /sys/model.tflite: .*Choose a writable directory"):
+        tflite_export.export(small_model, "/sys/model.tflite", "fp32")
+    assert set(os.listdir("/sys")) == before
 
 
 def test_an_existing_file_is_replaced_whole(small_model, digits, tmp_path):

@@ -112,6 +112,19 @@ def test_bad_input_exits_2_with_a_clear_message(files, capsys, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["corrupt.tflite"]  # nothing partial written
 
 
+def test_unwritable_output_exits_2_naming_the_path_and_writes_nothing(files, capsys, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    (tmp_path / "adir.tflite").mkdir()
+    for output, message in [
+        (tmp_path / "afile" / "out.tflite", f"{tmp_path / 'afile'} is a file, not a directory"),
+        (tmp_path / "adir.tflite", "it is a directory"),
+    ]:
+        code, _, err = run(capsys, "export", files / "digits.keras", "--output", output)
+        assert code == 2, err
+        assert f"Cannot write {output}" in err and message in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["adir.tflite", "afile"] and os.listdir(tmp_path / "adir.tflite") == []
+
+
 def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys):
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Flatten()(inputs)

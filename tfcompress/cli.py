@@ -6,7 +6,7 @@
 
 Exit codes: 0 success, 1 a verification threshold was missed or the model cannot be
 converted as asked (an op failure), 2 a usage error or bad input (missing or corrupt
-file, bad flag, unusable data).
+file, an output path that cannot be written, bad flag, unusable data).
 """
 
 import json
@@ -200,7 +200,7 @@ def main(argv):
         print(f"tfcompress {argv[1]}: FAILED: {e}", file=sys.stderr)
         return 1
     except (tflite_export.InvalidModelFileError, tflite_export.RepresentativeDataError,
-            FileNotFoundError, TypeError) as e:
+            OSError, TypeError) as e:  # OSError: a missing input or an unwritable --output
         print(f"tfcompress {argv[1]}: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # argument problems: bad shapes, labels, thresholds

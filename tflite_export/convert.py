@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from tflite_export._atomic import atomic_write_bytes
+from tflite_export._atomic import atomic_write_bytes, check_writable
 from tflite_export.edgetpu import mapping_report
 from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, RepresentativeDataError
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
@@ -285,6 +285,8 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         RepresentativeDataError: missing/empty/NaN/misshaped/mistyped calibration data.
         EdgeTPUCompatibilityError: the model cannot be fully int8 with static shapes.
         VerificationError: a verification threshold was missed.
+        OSError: `path` cannot be written (a directory, a parent that is a file or does not
+            exist, a read-only directory); checked before conversion.
 
     Example:
 
@@ -300,13 +302,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         raise ValueError(f"io_dtype={io_dtype!r} is not available for precision {precision!r}; use {allowed}.")
     if sparse not in ("auto", True, False):
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"Cannot write {path}: it is a directory. Pass a file path such as "
-                                f"{os.path.join(path, 'model.tflite')}.")
-    if not os.path.isdir(os.path.dirname(path)):
-        raise FileNotFoundError(f"Cannot write {path}: directory {os.path.dirname(path)} does not "
-                                "exist. Create it first or choose another path.")
+    path = check_writable(path)  # before the conversion, which takes seconds
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_model(model, custom_objects)
     _check_model(model)
