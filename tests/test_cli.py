@@ -125,6 +125,48 @@ def test_unwritable_output_exits_2_naming_the_path_and_writes_nothing(files, cap
     assert sorted(os.listdir(tmp_path)) == ["adir.tflite", "afile"] and os.listdir(tmp_path / "adir.tflite") == []
 
 
+def test_keras3_model_files_export_and_verify(files, digits, capsys, tmp_path):
+    import keras as keras3
+
+    x_train, y_train, x_test, y_test = digits
+    keras3.utils.set_random_seed(0)
+    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(), keras3.layers.Dense(10)])
+    model.compile("adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
+    keras_accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+    for name in ("keras3.keras", "keras3.h5"):
+        model.save(tmp_path / name)
+        output = tmp_path / f"{name}.tflite"
+        code, out, err = run(capsys, "export", tmp_path / name, "--precision", "int8", "--calibration",
+                             files / "calibration.npz", "--validation", files / "validation.npz",
+                             "--output", output, "--latency_runs", "0", "--json")
+        assert code == 0, err
+        data = json.loads(out)  # nothing else on stdout
+        assert data["model"]["fully_integer"] and any("Keras 3" in note for note in data["notes"])
+        assert data["verification"]["keras_accuracy"] == pytest.approx(keras_accuracy)
+        code, out, err = run(capsys, "verify", output, "--data", files / "validation.npz", "--keras",
+                             tmp_path / name, "--latency_runs", "0", "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["agreement_with"] == "keras" and data["keras_accuracy"] == pytest.approx(keras_accuracy)
+        assert data["agreement"] >= 0.95
+
+
+def test_keras3_file_with_an_unknown_custom_layer_exits_2_naming_the_fix(capsys, tmp_path):
+    import keras as keras3
+
+    @keras3.saving.register_keras_serializable(package="cli_test")
+    class Doubling(keras3.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    keras3.Sequential([keras3.Input((4,)), Doubling(), keras3.layers.Dense(2)]).save(tmp_path / "custom.keras")
+    keras3.saving.get_custom_objects().pop("cli_test>Doubling")  # as in a process that never defined it
+    code, _, err = run(capsys, "export", tmp_path / "custom.keras", "--output", tmp_path / "custom.tflite")
+    assert code == 2 and "which Keras 3 wrote" in err and "custom_objects=" in err
+    assert sorted(os.listdir(tmp_path)) == ["custom.keras"]
+
+
 def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys):
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Flatten()(inputs)

@@ -98,8 +98,55 @@ def test_bad_arguments_name_the_fix(digits_cnn, tmp_path):
     assert _files(tmp_path) == []
 
 
-def test_keras3_model_gets_a_clear_error(tmp_path):
-    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(), keras3.layers.Dense(10)])
-    with pytest.raises(TypeError, match="import tf_keras as keras"):
-        tflite_export.export(model, tmp_path / "m.tflite", "fp32")
+@pytest.fixture(scope="module")
+def keras3_mlp(digits):
+    """A Keras 3 (`import keras`) MLP trained briefly on digits."""
+    keras3.utils.set_random_seed(0)
+    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(),
+                               keras3.layers.Dense(32, activation="relu"), keras3.layers.Dense(10)])
+    model.compile("adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits[0], digits[1], epochs=4, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "edgetpu"])
+def test_keras3_model_converts_as_is_and_verifies_against_itself(precision, keras3_mlp, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    keras_accuracy = float((keras3_mlp.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+    assert keras_accuracy > 0.8  # a real model, so agreement below means something
+    result = tflite_export.export(keras3_mlp, tmp_path / "m.tflite", precision, representative_data=x_train[:128],
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    assert any("Keras 3 model converted as is" in note for note in result.notes)
+    assert result.verification.keras_accuracy == pytest.approx(keras_accuracy)
+    assert result.verification.agreement >= (1.0 if precision == "fp32" else 0.95)
+    if precision != "fp32":
+        assert tflite_export.inspect(tmp_path / "m.tflite").fully_integer
+    checked = tflite_export.verify(tmp_path / "m.tflite", x_test, y_test, keras_model=keras3_mlp, latency_runs=0)
+    assert checked.agreement_with == "keras" and checked.keras_accuracy == pytest.approx(keras_accuracy)
+    assert checked.tflite_accuracy == pytest.approx(result.verification.tflite_accuracy)
+    assert _files(tmp_path) == ["m.tflite"]
+
+
+def test_keras3_models_without_inputs_name_the_fix(tmp_path):
+    class Subclassed(keras3.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras3.layers.Dense(10)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 64), "float32"))
+    for model in (subclassed, keras3.Sequential([keras3.layers.Dense(10)])):
+        with pytest.raises(ValueError, match=r"no defined inputs.*keras.Model\(inputs, model\(inputs\)\)"):
+            tflite_export.export(model, tmp_path / "m.tflite", "fp32")
+    with pytest.raises(TypeError, match=r"keras.Sequential\(\[layer\]\)"):
+        tflite_export.export(keras3.layers.Dense(10), tmp_path / "m.tflite", "fp32")
     assert _files(tmp_path) == []
+
+
+def test_verify_names_the_fix_when_keras_model_is_not_a_model(exported_digits, digits):
+    _, _, x_test, y_test = digits
+    with pytest.raises(TypeError, match=r"got str.*load_keras_model\(path\)"):
+        tflite_export.verify(exported_digits["fp32"].path, x_test, y_test, keras_model="digits.keras", latency_runs=0)

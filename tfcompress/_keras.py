@@ -17,9 +17,12 @@ _BUILD_HINT = (
 
 
 def is_keras3_object(obj):
-    """Returns True when `obj` is a layer or model of Keras 3 (`import keras`)."""
-    module = type(obj).__module__ or ""
-    return module == "keras" or module.startswith(("keras.", "keras.src"))
+    """Returns True when `obj` is a layer or model of Keras 3 (`import keras`), subclasses included."""
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        if module == "keras" or module.startswith("keras."):
+            return True
+    return False
 
 
 def check_model(model, caller, allow_subclassed=False):

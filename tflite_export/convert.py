@@ -1,8 +1,10 @@
 """`export()`: a Keras model to a verified `.tflite` file at one of six precisions."""
 
+import json
 import logging
 import os
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -41,15 +43,42 @@ def _keras():
     return keras
 
 
+def _is_keras3(model):
+    from tfcompress._keras import is_keras3_object
+
+    return is_keras3_object(model)
+
+
+def _saved_keras_version(source):
+    """The Keras version recorded in a `.keras` archive or an `.h5` file ("" when none is)."""
+    try:
+        if zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as archive:
+                return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+        import h5py
+
+        if h5py.is_hdf5(source):
+            with h5py.File(source, "r") as f:
+                version = f.attrs.get("keras_version", "")
+                return version.decode() if isinstance(version, bytes) else str(version)
+    except (OSError, KeyError, ValueError):
+        pass
+    return ""
+
+
 def load_keras_model(source, custom_objects=None):
-    """Loads a tf_keras model from a `.keras`, `.h5` or SavedModel path, tfmot wrappers in scope.
+    """Loads a model from a `.keras`, `.h5` or SavedModel path, tfmot wrappers in scope.
+
+    Files written by tf_keras (what tfcompress trains) load as tf_keras models; a
+    `.keras` or `.h5` file written by Keras 3 (`import keras`) loads with Keras 3,
+    which `export` converts as is.
 
     Arguments:
         source: the model path.
         custom_objects: dict of custom layers/functions the file refers to.
 
     Returns:
-        The tf_keras model (not compiled).
+        The model (not compiled).
 
     Example:
 
@@ -61,6 +90,17 @@ def load_keras_model(source, custom_objects=None):
     if not os.path.exists(source):
         raise FileNotFoundError(f"Model file {source} does not exist. Pass a tf_keras model, or the "
                                 "path of a model saved with model.save('model.keras').")
+    if not os.path.isdir(source) and _saved_keras_version(source).startswith("3"):
+        import keras as keras3
+
+        try:
+            return keras3.saving.load_model(source, compile=False, custom_objects=custom_objects)
+        except Exception as e:
+            raise ValueError(
+                f"Could not load {source}, which Keras 3 wrote, with Keras {keras3.__version__} "
+                f"({type(e).__name__}: {e}). Pass custom_objects= for custom layers, or load it "
+                "yourself with keras.saving.load_model and pass the model."
+            ) from e
     keras = _keras()
     try:
         with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(), \
@@ -74,19 +114,30 @@ def load_keras_model(source, custom_objects=None):
 
 
 def _check_model(model):
+    """Raises unless `model` is a built tf_keras or Keras 3 model with defined inputs.
+
+    Returns:
+        True for a Keras 3 model (converted as is: it cannot carry tfmot wrappers).
+    """
+    if _is_keras3(model):
+        import keras as keras3
+
+        if not isinstance(model, keras3.Model):
+            raise TypeError(f"tflite_export.export expects a model or a model file path, got the Keras 3 "
+                            f"{type(model).__name__}. Wrap it in a model: keras.Sequential([layer]).")
+        if not getattr(model, "inputs", None):  # unbuilt Sequential models raise AttributeError here
+            raise ValueError(
+                "The Keras 3 model has no defined inputs. Start it from keras.Input(shape), or wrap a "
+                "subclassed model: inputs = keras.Input(shape); keras.Model(inputs, model(inputs)).")
+        return True
     keras = _keras()
-    module = type(model).__module__ or ""
-    if module == "keras" or module.startswith(("keras.", "keras.src")):
-        raise TypeError(
-            "tflite_export.export got a Keras 3 model (`import keras` / `tf.keras`). Build it with "
-            "`import tf_keras as keras` (the Keras that tfmot and tfcompress use) and pass it again."
-        )
     if not isinstance(model, keras.Model):
         raise TypeError(f"tflite_export.export expects a tf_keras.Model or a model file path, got "
                         f"{type(model).__name__}.")
     if not model.built or not model.inputs:
         raise ValueError("The model has no defined inputs yet. Give its first layer an input_shape= "
                          "(or start from keras.Input), or call it once on data, then export.")
+    return False
 
 
 def _wrapper_kinds(model):
@@ -129,7 +180,7 @@ def weight_sparsity(model):
     """Fraction of exactly-zero values among the model's kernels (biases excluded)."""
     zeros = total = 0
     for weight in model.weights:
-        if "kernel" in weight.name and weight.shape.rank and weight.shape.rank >= 2:
+        if "kernel" in weight.name and len(weight.shape) >= 2:
             value = weight.numpy()
             zeros += int((value == 0).sum())
             total += value.size
@@ -145,15 +196,25 @@ def _input_shape(model):
 
 def _converter(model, precision, samples, io_dtype, sparse):
     tf = _tf()
-    if precision == "edgetpu":
+    keras3 = _is_keras3(model)
+    if precision == "edgetpu" or keras3:
+        # A concrete function fixes the batch (1 for the Edge TPU); for Keras 3 it also avoids
+        # from_keras_model's export step, which prints its signature to stdout.
         shape = _input_shape(model)
-        if any(d is None for d in shape):
+        if precision == "edgetpu" and any(d is None for d in shape):
             raise EdgeTPUCompatibilityError(
                 f"The model's input shape (batch, {shape}) has dynamic dimensions; the Edge TPU needs "
                 "static shapes. Build it with keras.Input(shape=(H, W, C)) of fixed size.")
-        spec = tf.TensorSpec([1, *shape], model.inputs[0].dtype)
+        batch = 1 if precision == "edgetpu" else None
+        spec = tf.TensorSpec([batch, *shape], model.inputs[0].dtype)
         function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+        trackable = model
+        if keras3:
+            # The converter freezes the tf.Variables it finds on this object; Keras 3 keeps them
+            # inside its own variables, so hand them over directly.
+            trackable = tf.Module()
+            trackable.model_variables = [variable.value for variable in model.variables]
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     optimizations = [] if precision == "fp32" else [tf.lite.Optimize.DEFAULT]
@@ -251,7 +312,8 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     Arguments:
         model: a tf_keras model, or the path of one (`.keras`, `.h5`, SavedModel directory).
             Pruning and clustering wrappers are stripped first (logged); QAT wrappers are
-            kept so their learned ranges are used.
+            kept so their learned ranges are used. A Keras 3 model (or a `.keras`/`.h5`
+            file Keras 3 wrote) with defined inputs is converted as is.
         path: destination `.tflite` file. Written only after every check passed; an
             existing file there is replaced in one atomic rename, and a failed export
             leaves it (and the directory) as they were.
@@ -305,9 +367,12 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     path = check_writable(path)  # before the conversion, which takes seconds
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_model(model, custom_objects)
-    _check_model(model)
     notes = []
-    model, stripped, qat = _strip(model, notes)
+    if _check_model(model):
+        stripped, qat = [], False
+        notes.append("Keras 3 model converted as is (tfcompress's compression wrappers need tf_keras)")
+    else:
+        model, stripped, qat = _strip(model, notes)
 
     samples = None
     if precision in _CALIBRATED:

@@ -204,6 +204,10 @@ def compare(content, x, y=None, *, keras_model=None, reference_content=None, num
         )
     if y is not None and len(y) != len(x):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; pass matching arrays.")
+    if keras_model is not None and not callable(getattr(keras_model, "predict", None)):
+        raise TypeError(f"keras_model must be a Keras model (tf_keras or Keras 3), got "
+                        f"{type(keras_model).__name__}. Load a saved one with "
+                        "tflite_export.load_keras_model(path).")
     outputs, runtime = run_flatbuffer(content, x, num_threads=num_threads)
     result = VerificationResult(samples=len(x), num_threads=num_threads, cpu=cpu_description(),
                                 runtime=runtime)
@@ -241,8 +245,8 @@ def verify(path, x, y=None, *, keras_model=None, reference=None, num_threads=1, 
         path: the `.tflite` file.
         x: float validation inputs `(n, *input_shape)`, preprocessed like training data.
         y: integer labels (or one-hot rows); without them, no accuracy is reported.
-        keras_model: optional tf_keras model the file came from; gives Keras accuracy,
-            top-1 agreement and max absolute output difference.
+        keras_model: optional Keras model the file came from (tf_keras or Keras 3); gives
+            Keras accuracy, top-1 agreement and max absolute output difference.
         reference: optional path of the FP32 `.tflite` twin; gives its latency, and
             agreement/difference when `keras_model` is not given.
         num_threads: LiteRT threads for the latency (default 1).
