@@ -203,6 +203,36 @@ def test_cache_on_and_off_give_the_same_loss_and_step(teacher, digits):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+class TraceCountingDistiller(Distiller):
+    """Counts how often `fit` traces the train step (its Python body runs only while tracing)."""
+
+    traces = 0
+
+    def train_step(self, data):
+        self.traces += 1
+        return super().train_step(data)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain student", "pruned + QAT student"])
+def test_fit_on_arrays_traces_the_train_step_once(teacher, digits, compressed):
+    # Keras traces a step that creates variables (optimizer slots, metrics) twice; the Distiller creates them first.
+    from tfcompress.quantization import quantize
+
+    x, y, _, _ = digits
+    student = dense_digits_model(seed=3, width=32)
+    if compressed:
+        student = quantize(tfc.prune(student, 0.5, end=0.5), start=0.5)
+    distiller = compile_distiller(TraceCountingDistiller(teacher=teacher, student=student, temperature=2.0))
+    history = distiller.fit(
+        x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
+    )
+    assert distiller.traces == 1
+    assert history.history["accuracy"][-1] > history.history["accuracy"][0]
+    assert len(distiller.optimizer.variables) > 1  # the slots the first step would otherwise have created
+    if compressed:
+        assert history.history["sparsity"][-1] == pytest.approx(0.5, abs=0.02)
+
+
 def test_cached_teacher_outputs_follow_their_examples_through_shuffling(teacher, digits):
     # The student is a copy of the teacher: any example/teacher-output mismatch would give a KL > 0.
     x, y, _, _ = digits

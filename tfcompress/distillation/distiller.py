@@ -203,7 +203,13 @@ class Distiller(keras.Model, Scheduled):
         return {FINAL_OUTPUT: self.student(x, training=True)}
 
     def _weight(self, key):
-        return self._values[key][1]
+        """The value of `key` in the train step: its variable when scheduled, else the number itself.
+
+        Fixed values go into the graph as constants, which the graph optimizer
+        folds away (a weight of 1.0 costs nothing per step).
+        """
+        value, variable = self._values[key]
+        return variable if is_scheduled(value) else float(value)
 
     def _distillation_terms(self, teacher_features, student_features):
         terms = []
@@ -235,16 +241,19 @@ class Distiller(keras.Model, Scheduled):
             y_pred = student_features[FINAL_OUTPUT]
             teacher_features = cached if cached is not None else self._teacher_features(x)
             terms = self._distillation_terms(teacher_features, student_features)
-            weighted = [self._weight(f"{loss.name}_weight") * term for loss, term in zip(self.distillation_losses, terms)]
-            distillation_loss = tf.add_n(weighted)
+            weighted = [
+                _scaled(self._weight(f"{loss.name}_weight"), term) for loss, term in zip(self.distillation_losses, terms)
+            ]
+            distillation_loss = weighted[0] if len(weighted) == 1 else tf.add_n(weighted)
             if y is not None and self._has_student_loss:
                 # compiled_loss divides by the replica count itself (gradients are summed over replicas).
-                student_loss = self.compiled_loss(y, y_pred, sample_weight) * replicas
+                student_loss = _scaled(replicas, self.compiled_loss(y, y_pred, sample_weight))
             else:
                 student_loss = tf.constant(0.0)
-            regularization = tf.add_n(self.student.losses) if self.student.losses else 0.0
-            total = alpha * student_loss + (1.0 - alpha) * distillation_loss + regularization
-            scaled = total / replicas
+            total = _scaled(alpha, student_loss) + _scaled(1.0 - alpha, distillation_loss)
+            if self.student.losses:
+                total += tf.add_n(self.student.losses)
+            scaled = _scaled(1.0 / replicas, total)
         self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
 
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -264,7 +273,7 @@ class Distiller(keras.Model, Scheduled):
         for metric in self._student_metrics(exclude=compiled_loss_metrics):
             logs[metric.name] = metric.result()
         for key in self._logged_values:
-            logs[key] = tf.identity(self._values[key][1])
+            logs[key] = tf.identity(self._weight(key))
         return logs
 
     def _student_metrics(self, exclude=()):
@@ -348,7 +357,35 @@ class Distiller(keras.Model, Scheduled):
         self._check_callback(kwargs.get("callbacks"))
         verbose = kwargs.get("verbose", "auto") != 0
         x = self._with_teacher_outputs(x, verbose, kwargs.get("batch_size"))
+        self._create_training_variables(x, y)
         return super().fit(x, y, *args, **kwargs)
+
+    def _create_training_variables(self, x, y):
+        """Creates the optimizer's slots and the compiled metrics' variables before `fit`.
+
+        A `tf.function` that creates variables on its first call is traced a
+        second time without them; with every variable in place, `fit` traces
+        the train step once, which on a short fit saves a good part of its
+        fixed cost. Only for array inputs, where a first label shows the metrics
+        what they will see; anything else keeps Keras's usual path.
+        """
+        inputs, _ = teacher_cache.unpack(x)
+        optimizer = self.optimizer
+        if not isinstance(optimizer, keras.optimizers.Optimizer) or not teacher_cache.array_inputs(inputs):
+            return
+        if y is not None and not teacher_cache.array_inputs(y):
+            return
+        with self.distribute_strategy.scope():
+            optimizer.build(self.trainable_variables)
+            if y is None:
+                return  # no labels: train_step updates no compiled loss or metric
+            output = self.student.outputs[0]
+            y_pred = tf.zeros([1, *output.shape[1:]], dtype=output.dtype)
+            y_true = tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[:1]), y)
+            if self._has_student_loss and not self.compiled_loss.built:
+                self.compiled_loss.build(y_pred)
+            if not self.compiled_metrics.built:
+                self.compiled_metrics.build(y_pred, y_true)
 
     def _check_callback(self, callbacks):
         from tfcompress.callbacks import CompressionCallback
@@ -502,6 +539,13 @@ class Distiller(keras.Model, Scheduled):
             "distiller.student.save(path) (or distiller.save(path), which does the same), and "
             "tfc.strip(distiller.student) for a plain model."
         )
+
+
+def _scaled(factor, tensor):
+    """`factor * tensor`, without an op when `factor` is the number 1."""
+    if isinstance(factor, (int, float)) and factor == 1:
+        return tensor
+    return factor * tensor
 
 
 def _loss_label(loss):
