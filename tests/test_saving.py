@@ -9,6 +9,7 @@ import tfcompress as tfc
 from tfcompress._keras import keras
 from tfcompress.clustering import ClusterWeights
 from tfcompress.pruning import PruneLowMagnitude
+from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization import QuantizeWrapper
 from tfcompress.saving import custom_object_scope, custom_objects, load_model
 
@@ -132,3 +133,55 @@ def test_custom_objects_work_with_plain_tf_keras_loading(digits, tmp_path):
 def test_missing_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model.save\('model.keras'\)"):
         load_model(tmp_path / "nope.keras")
+
+
+@pytest.fixture(scope="module")
+def small_teacher(digits):
+    model = compile_classifier(dense_digits_model(seed=11, width=64), learning_rate=3e-3)
+    model.fit(digits[0], digits[1], epochs=3, batch_size=64, verbose=0)
+    return model
+
+
+def distilled_student(teacher):
+    """A Distiller whose student is pruned, then quantization-aware: all three compressions in one fit."""
+    student = tfc.quantize(tfc.prune(dense_digits_model(seed=12, width=32), 0.8, end=1.0), start=0.5)
+    distiller = tfc.Distiller(teacher=teacher, student=student, temperature=2.0)
+    distiller.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return distiller
+
+
+@pytest.fixture(scope="module")
+def straight_distilled(small_teacher, digits):
+    return fit(distilled_student(small_teacher), digits)
+
+
+def mask_sparsity(model):
+    masks = [mask.numpy() for wrapper in find_pruning_wrappers(model) for _, mask, _ in wrapper.pruning_vars]
+    return 1.0 - sum(np.count_nonzero(m) for m in masks) / sum(m.size for m in masks)
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+def test_pruned_quantized_distilled_student_loads_and_trains_on(fmt, small_teacher, straight_distilled, digits, tmp_path):
+    straight = straight_distilled
+    distiller = distilled_student(small_teacher)
+    first = fit(distiller, digits, [StopAfterFirstEpoch()])
+    path = tmp_path / FORMATS[fmt]
+    distiller.save(path)  # the student, with its wrappers and their step counters
+
+    loaded = load_model(path)
+    hidden1 = loaded.get_layer("quant_prune_low_magnitude_hidden1")
+    assert isinstance(hidden1, QuantizeWrapper) and isinstance(hidden1.layer, PruneLowMagnitude)
+    x_test = digits[2]
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), distiller.student.predict(x_test, verbose=0), atol=1e-6)
+    saved_sparsity = mask_sparsity(loaded)
+    assert saved_sparsity == pytest.approx(first["sparsity"][0], abs=1e-6) and saved_sparsity < 0.75
+
+    # A restarted job builds a new Distiller around the loaded student (its optimizer starts afresh).
+    resumed = tfc.Distiller(teacher=small_teacher, student=loaded, temperature=2.0)
+    resumed.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rest = fit(resumed, digits, initial_epoch=1)
+    for key in ("sparsity", "qat_phase"):
+        np.testing.assert_allclose(first[key] + rest[key], straight[key], atol=1e-6, err_msg=key)
+    assert straight["qat_phase"] == [0.0, 1.0, 1.0]
+    assert mask_sparsity(loaded) == pytest.approx(0.8, abs=0.01)  # the masks kept advancing after loading
+    assert rest["loss"][-1] < first["loss"][0]
