@@ -14,10 +14,7 @@ the epochs after the first, the cost that grows with the fit;
 accuracy is the mean test accuracy over the repeats (seeds 0, 1, ...).
 """
 
-import json
 import os
-import pathlib
-import platform
 import statistics
 import time
 
@@ -27,6 +24,8 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import run_record, write_json  # noqa: E402
+from tflite_export._cpu import cpu_description  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import load_digits  # noqa: E402
 from tfcompress.distillation import Distiller, FeatureDistillation, LogitsDistillation  # noqa: E402
@@ -41,14 +40,6 @@ flags.DEFINE_string("output", "benchmarks/results/distillation.json", "JSON outp
 FLAGS = flags.FLAGS
 
 
-def cpu_name():
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hard_loss():
@@ -126,7 +117,7 @@ def distilled(cache, features=False):
         )
         distiller.compile(keras.optimizers.Adam(1e-3), hard_loss(), metrics=["accuracy"])
         # Examples past `labelled` keep their images but lose their labels: only the teacher teaches them.
-        has_label = (np.arange(len(x)) < labelled).astype("float32")
+        has_label = (np.arange(len(x)) < labelled).astype("float32") if labelled < len(x) else None
         timer = EpochTimer()
         start, cpu_start = time.perf_counter(), time.process_time()
         distiller.fit(
@@ -188,7 +179,7 @@ def main(argv):
         f"Distillation on digits: CNN teacher ({teacher.count_params():,} params, test accuracy "
         f"{teacher_accuracy:.3f}) -> MLP student ({build_student(0).count_params():,} params); "
         f"{steps} optimizer steps per run, batch {FLAGS.batch_size}, T={FLAGS.temperature:g}, "
-        f"alpha={FLAGS.alpha:g}; CPU: {cpu_name()}; TF {tf.__version__}\n"
+        f"alpha={FLAGS.alpha:g}; CPU: {cpu_description()['name']}; TF {tf.__version__}\n"
     )
     print(
         "| run | labelled examples | test accuracy | fit s | fit vs plain | fit CPU s | CPU vs plain "
@@ -201,24 +192,13 @@ def main(argv):
             f"{r['fit_time_vs_plain']:.2f}x | {r['fit_cpu_seconds']:.2f} | {r['fit_cpu_vs_plain']:.2f}x | "
             f"{r['step_ms']:.2f} | {r['step_time_vs_plain']:.2f}x |"
         )
-    output = pathlib.Path(FLAGS.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": "distillation",
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu_name(),
-        "tensorflow": tf.__version__,
-        "teacher_accuracy": teacher_accuracy,
-        "settings": {
-            k: FLAGS[k].value for k in ("epochs", "batch_size", "labelled", "temperature", "alpha", "repeats")
-        },
-        "rows": rows,
-    }
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, output)
-    print(f"\nwrote {output}")
-
+    print()
+    write_json(FLAGS.output, run_record(
+        "distillation",
+        teacher_accuracy=teacher_accuracy,
+        settings={k: FLAGS[k].value for k in ("epochs", "batch_size", "labelled", "temperature", "alpha", "repeats")},
+        rows=rows,
+    ))
 
 if __name__ == "__main__":
     app.run(main)

@@ -9,7 +9,6 @@ header names the CPU and its SIMD features: an x86 latency says nothing about a
 phone's ARM dot-product cores or the Edge TPU, where INT8 is meant to pay off.
 """
 
-import json
 import os
 import pathlib
 import platform
@@ -24,6 +23,7 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import tflite_export  # noqa: E402
+from _common import run_record, write_json  # noqa: E402
 from tflite_export._cpu import cpu_description  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 
@@ -188,14 +188,11 @@ def main(argv):
           "INT8 kernels are not expected to beat FP32 on x86; the INT8 speed-up belongs to ARM "
           "dot-product cores and the Edge TPU.")
 
-    output = pathlib.Path(FLAGS.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        "cpu": cpu, "tensorflow": tf.__version__, "latency_runs": FLAGS.latency_runs,
-        "epochs": FLAGS.epochs, "rows": rows,
-        "goals": [{"goal": n, "met": bool(ok), "detail": d} for n, ok, d in goals],
-    }, indent=2))
-    print(f"\nwrote {output}")
+    print()
+    write_json(FLAGS.output, run_record(
+        "export", latency_runs=FLAGS.latency_runs, epochs=FLAGS.epochs, rows=rows,
+        goals=[{"goal": n, "met": bool(ok), "detail": d} for n, ok, d in goals],
+    ))
 
 
 if __name__ == "__main__":

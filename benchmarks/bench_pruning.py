@@ -8,10 +8,7 @@ is the median wall time of `model.fit` over `--repeats` runs.
 """
 
 import gzip
-import json
 import os
-import pathlib
-import platform
 import statistics
 import time
 
@@ -23,6 +20,8 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import tfcompress as tfc  # noqa: E402
+from _common import run_record, write_json  # noqa: E402
+from tflite_export._cpu import cpu_description  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import build_model, compile_model, load_digits  # noqa: E402
 
@@ -35,14 +34,6 @@ flags.DEFINE_string("output", "benchmarks/results/pruning.json", "JSON output pa
 FLAGS = flags.FLAGS
 
 
-def cpu_name():
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def kernel_sparsity(model):
@@ -128,7 +119,7 @@ def main(argv):
 
     header = (
         f"Pruning on digits (CNN, {FLAGS.epochs} epochs, batch {FLAGS.batch_size}, "
-        f"target {FLAGS.sparsity:.0%}); CPU: {cpu_name()}; TF {tf.__version__}"
+        f"target {FLAGS.sparsity:.0%}); CPU: {cpu_description()['name']}; TF {tf.__version__}"
     )
     print(header + "\n")
     print("| pipeline | epochs | accuracy | kernel sparsity | gzip bytes | vs dense | fit s | fit vs tfmot |")
@@ -138,21 +129,12 @@ def main(argv):
             f"| {r['pipeline']} | {r['epochs']} | {r['accuracy']:.3f} | {r['sparsity']:.1%} | {r['gzip_bytes']:,} | "
             f"{r['gzip_ratio']:.2f}x | {r['fit_seconds']:.2f} | {r['fit_time_vs_tfmot']:.2f}x |"
         )
-    output = pathlib.Path(FLAGS.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": "pruning",
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu_name(),
-        "tensorflow": tf.__version__,
-        "settings": {k: FLAGS[k].value for k in ("epochs", "short_epochs", "batch_size", "sparsity", "repeats")},
-        "rows": rows,
-    }
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, output)
-    print(f"\nwrote {output}")
-
+    print()
+    write_json(FLAGS.output, run_record(
+        "pruning",
+        settings={k: FLAGS[k].value for k in ("epochs", "short_epochs", "batch_size", "sparsity", "repeats")},
+        rows=rows,
+    ))
 
 if __name__ == "__main__":
     app.run(main)

@@ -14,13 +14,14 @@ fit) and post-training INT8, each value also as a ratio to the baseline.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from _common import write_json
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -252,9 +253,7 @@ def main(argv):
         "goals": checked,
         "plots": pngs,
     }
-    tmp = directory / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, directory / "summary.json")
+    write_json(directory / "summary.json", summary)
 
     settings = quantization.get("settings", {})
     print(
