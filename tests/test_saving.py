@@ -86,13 +86,31 @@ def test_saved_mid_schedule_loads_and_trains_on_like_an_uninterrupted_fit(
         assert all(np.unique(final.get_layer(name).kernel.numpy()).size <= 8 for name in ("hidden1", "logits"))
 
 
-def test_saved_model_loads_and_predicts_and_says_how_to_resume(digits, tmp_path, caplog):
+def test_saved_model_resumes_the_schedules_with_a_fresh_optimizer(uninterrupted, digits, tmp_path, caplog):
+    straight = uninterrupted[pruned_and_quantized]
     model = pruned_and_quantized()
-    fit(model, digits, [StopAfterFirstEpoch()])
+    first = fit(model, digits, [StopAfterFirstEpoch()])
     model.save(tmp_path / "saved_model", save_format="tf")
     loaded = load_model(tmp_path / "saved_model")
     np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), model.predict(digits[2], verbose=0), atol=1e-6)
-    assert ".keras or .h5" in caplog.text
+    assert "fresh optimizer" in caplog.text and ".keras or .h5" in caplog.text
+    assert int(loaded.optimizer.iterations) == 0  # tf_keras restores no optimizer state from a SavedModel
+
+    rest = fit(loaded, digits, initial_epoch=1)
+    # The schedules continue exactly and History reports them live, not the values at saving time.
+    for key in ("sparsity", "qat_phase"):
+        np.testing.assert_allclose(first[key] + rest[key], straight[key], atol=1e-6, err_msg=key)
+    assert first["sparsity"][0] < 0.6 and mask_sparsity(loaded) == pytest.approx(0.75, abs=0.01)  # masks advanced
+
+
+def test_saved_model_loaded_with_plain_tf_keras_reports_live_sparsity(uninterrupted, digits, tmp_path):
+    straight = uninterrupted[pruned_and_quantized]
+    model = pruned_and_quantized()
+    first = fit(model, digits, [StopAfterFirstEpoch()])
+    model.save(tmp_path / "saved_model", save_format="tf")
+    loaded = keras.models.load_model(tmp_path / "saved_model", custom_objects=custom_objects())
+    rest = fit(loaded, digits, initial_epoch=1)
+    np.testing.assert_allclose(first["sparsity"] + rest["sparsity"], straight["sparsity"], atol=1e-6)
 
 
 def test_fresh_wrapped_models_save_before_any_fit(tmp_path):
@@ -160,7 +178,7 @@ def mask_sparsity(model):
     return 1.0 - sum(np.count_nonzero(m) for m in masks) / sum(m.size for m in masks)
 
 
-@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+@pytest.mark.parametrize("fmt", [".keras", ".h5", "SavedModel"])
 def test_pruned_quantized_distilled_student_loads_and_trains_on(fmt, small_teacher, straight_distilled, digits, tmp_path):
     straight = straight_distilled
     distiller = distilled_student(small_teacher)

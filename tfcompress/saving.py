@@ -13,8 +13,9 @@ saved weights no longer fit (tfmot PR #1123, unreleased). tfcompress's own
 `tfc.quantize` load from `.keras`; a model stripped after QAT holds tfmot's
 layers, and `load_model` says to save it as `.h5` or a SavedModel instead.
 
-To resume training, save as `.keras` or `.h5`: a pruned model loaded from a
-SavedModel predicts as saved but its masks no longer advance (logged).
+A SavedModel resumes the schedules too (masks advance, QAT switches on time),
+but tf_keras does not restore optimizer state from it: training goes on with
+a fresh optimizer (logged). `.keras` and `.h5` keep the optimizer state.
 """
 
 import contextlib
@@ -32,10 +33,11 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.pr
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
+from tfcompress._metrics import CurrentValue
 # Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
 import tfcompress.clustering  # noqa: F401
 import tfcompress.quantization  # noqa: F401
-from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
+from tfcompress.pruning.wrapper import PruneLowMagnitude
 
 
 class _PruneLowMagnitudeByConfig:
@@ -118,7 +120,8 @@ def load_model(path, *, compile=True, custom_objects=None):
     SavedModel directories. A wrapped model loaded from `.keras` or `.h5`
     keeps its schedules and optimizer state: train it on with
     `tfc.CompressionCallback()` and `fit(initial_epoch=k)` to continue where
-    epoch k begins. From a SavedModel, pruning masks do not advance (logged).
+    epoch k begins. From a SavedModel the schedules continue the same way, but
+    the optimizer starts afresh (tf_keras does not restore its state; logged).
 
     Arguments:
         path: a `.keras` or `.h5` file, or a SavedModel directory.
@@ -153,9 +156,24 @@ def load_model(path, *, compile=True, custom_objects=None):
                 "or as a SavedModel (model.save('model_dir', save_format='tf')) and load that."
             ) from error
         raise
-    if os.path.isdir(path) and find_pruning_wrappers(model):
-        logging.warning(
-            "%s is a SavedModel: the pruned model loads and predicts as saved, but its masks do not "
-            "advance in further training. To resume pruning, save it as .keras or .h5.", path,
-        )
+    if os.path.isdir(path):
+        _drop_revived_reports(model)
+        if compile and getattr(model, "optimizer", None) is not None:
+            logging.warning(
+                "%s is a SavedModel: tf_keras does not restore optimizer state from it, so further "
+                "training starts with a fresh optimizer (compression schedules continue as saved). "
+                "To resume with the optimizer state, save the model as .keras or .h5.", path,
+            )
     return model
+
+
+def _drop_revived_reports(model):
+    """Removes the `sparsity` / `qat_phase` metrics that a SavedModel revives with their saved values.
+
+    tf_keras's `add_metric` keeps reporting a metric already on the layer under
+    the same name and leaves it un-updated, so History would repeat the value
+    from saving time; `CompressionCallback` attaches live ones when fit starts.
+    """
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for metric in [metric for metric in layer._metrics if isinstance(metric, CurrentValue)]:
+            layer._metrics.remove(metric)

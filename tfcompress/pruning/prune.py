@@ -50,8 +50,16 @@ def attach_sparsity_report(model):
     masks = [mask for w in wrappers for _, mask, _ in w.pruning_vars]
     if not masks:
         return
+    reporter = wrappers[-1]
+    # A model loaded from a SavedModel comes back with the metric it reported when saved, and
+    # add_metric keeps reporting a metric of the same name: update that one, not a new one.
+    revived = [metric for metric in reporter._metrics if metric.name == "sparsity"]
+    metric = revived[0] if revived and isinstance(revived[0], CurrentValue) else CurrentValue("sparsity")
+    for stale in revived:
+        if stale is not metric:
+            reporter._metrics.remove(stale)
     # Plain attribute: tracking would add the metric's variable to the layer's weights.
-    object.__setattr__(wrappers[-1], "_tfc_sparsity_report", (CurrentValue("sparsity"), masks))
+    object.__setattr__(reporter, "_tfc_sparsity_report", (metric, masks))
 
 
 def prune(
