@@ -51,7 +51,8 @@ Usage:
   tfcompress --version
   tfcompress --help
 
-MODEL is a tf_keras model saved with model.save("model.keras") (or .h5 / SavedModel).
+MODEL is a model saved with model.save("model.keras") (or .h5 / SavedModel), by tf_keras
+or by Keras 3 (.keras / .h5, converted as is).
 Data files are .npz archives: np.savez("data.npz", x=x, y=y).
 Precisions: fp32 fp16 dynamic int8 int16x8 edgetpu.
 Exit codes: 0 ok, 1 verification or conversion failure, 2 usage error or bad input.
