@@ -164,7 +164,7 @@ def assert_same_steps(first, second, expected):
 
 
 def test_mid_epoch_backup_resumes_at_the_same_steps(uninterrupted_steps, digits, tmp_path):
-    """BackupAndRestore listed before tfc.CompressionCallback: the README's rule for save_freq=<int>.
+    """BackupAndRestore listed before tfc.CompressionCallback.
 
     tf_keras re-reads the resumed epoch's data from its start, so losses are not compared;
     the schedules follow the step counters, which the backup restores.
@@ -173,16 +173,9 @@ def test_mid_epoch_backup_resumes_at_the_same_steps(uninterrupted_steps, digits,
     assert_same_steps(first, second, uninterrupted_steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="CompressionCallback.on_train_begin reads optimizer.iterations before a BackupAndRestore listed "
-    "after it restores them, and on_epoch_begin only moves the step to the epoch's start: QAT switches "
-    "as many steps late as the interrupted epoch had run. Fix in tfcompress/callbacks.py: re-read "
-    "optimizer.iterations when the first epoch begins.",
-)
 def test_mid_epoch_backup_listed_after_the_compression_callback_resumes_at_the_same_steps(
     uninterrupted_steps, digits, tmp_path
 ):
+    # The backup restores the optimizer's step after CompressionCallback.on_train_begin has run.
     first, second = resume_mid_epoch(digits, str(tmp_path / "backup"), compression_first=True)
     assert_same_steps(first, second, uninterrupted_steps)

@@ -103,14 +103,15 @@ def test_saved_model_resumes_the_schedules_with_a_fresh_optimizer(uninterrupted,
     assert first["sparsity"][0] < 0.6 and mask_sparsity(loaded) == pytest.approx(0.75, abs=0.01)  # masks advanced
 
 
-def test_saved_model_loaded_with_plain_tf_keras_reports_live_sparsity(uninterrupted, digits, tmp_path):
+def test_saved_model_loaded_with_plain_tf_keras_reports_live_sparsity_and_phase(uninterrupted, digits, tmp_path):
     straight = uninterrupted[pruned_and_quantized]
     model = pruned_and_quantized()
     first = fit(model, digits, [StopAfterFirstEpoch()])
     model.save(tmp_path / "saved_model", save_format="tf")
     loaded = keras.models.load_model(tmp_path / "saved_model", custom_objects=custom_objects())
     rest = fit(loaded, digits, initial_epoch=1)
-    np.testing.assert_allclose(first["sparsity"] + rest["sparsity"], straight["sparsity"], atol=1e-6)
+    for key in ("sparsity", "qat_phase"):
+        np.testing.assert_allclose(first[key] + rest[key], straight[key], atol=1e-6, err_msg=key)
 
 
 def test_fresh_wrapped_models_save_before_any_fit(tmp_path):

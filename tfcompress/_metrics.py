@@ -29,3 +29,18 @@ class CurrentValue(keras.metrics.Metric):
 
     def reset_state(self):
         pass
+
+
+def report_metric(layer, name):
+    """The `CurrentValue` metric `layer` should report as `name`.
+
+    A model loaded from a SavedModel comes back with the metrics its layers
+    reported when saved, and `add_metric` keeps reporting a metric of the same
+    name: reuse that one (it keeps updating) and drop any other stale copy.
+    """
+    revived = [metric for metric in layer._metrics if metric.name == name]
+    metric = revived[0] if revived and isinstance(revived[0], CurrentValue) else CurrentValue(name)
+    for stale in revived:
+        if stale is not metric:
+            layer._metrics.remove(stale)
+    return metric

@@ -105,6 +105,9 @@ class CompressionCallback(keras.callbacks.Callback):
                 print(entry.get("description") or _describe(entry))
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch and self.model.optimizer:
+            # A BackupAndRestore listed after this callback restores the optimizer's step only now.
+            self._step = max(self._step, int(keras.backend.get_value(self.model.optimizer.iterations)))
         # fit(initial_epoch=k) on a model whose counters are behind: start the schedule at epoch k.
         if self._first_epoch and self._steps_per_epoch:
             start = epoch * self._steps_per_epoch

@@ -9,7 +9,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers, per_layer_value
-from tfcompress._metrics import CurrentValue
+from tfcompress._metrics import report_metric
 from tfcompress.pruning.schedules import SCHEDULES, ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
 
@@ -51,15 +51,8 @@ def attach_sparsity_report(model):
     if not masks:
         return
     reporter = wrappers[-1]
-    # A model loaded from a SavedModel comes back with the metric it reported when saved, and
-    # add_metric keeps reporting a metric of the same name: update that one, not a new one.
-    revived = [metric for metric in reporter._metrics if metric.name == "sparsity"]
-    metric = revived[0] if revived and isinstance(revived[0], CurrentValue) else CurrentValue("sparsity")
-    for stale in revived:
-        if stale is not metric:
-            reporter._metrics.remove(stale)
     # Plain attribute: tracking would add the metric's variable to the layer's weights.
-    object.__setattr__(reporter, "_tfc_sparsity_report", (metric, masks))
+    object.__setattr__(reporter, "_tfc_sparsity_report", (report_metric(reporter, "sparsity"), masks))
 
 
 def prune(

@@ -14,7 +14,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import all_layers, layer_selector
-from tfcompress._metrics import CurrentValue
+from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.wrappers import (
@@ -49,7 +49,7 @@ def attach_phase_report(model):
     if not wrappers or any(getattr(w, "_tfc_phase_report", None) for w in wrappers):
         return
     # Plain attribute: tracking would add the metric's variable to the layer's weights.
-    object.__setattr__(wrappers[-1], "_tfc_phase_report", CurrentValue("qat_phase"))
+    object.__setattr__(wrappers[-1], "_tfc_phase_report", report_metric(wrappers[-1], "qat_phase"))
 
 
 def _consumers(layer):
