@@ -12,6 +12,7 @@ from tflite_export._atomic import atomic_write_bytes, check_writable
 from tflite_export.edgetpu import mapping_report
 from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, RepresentativeDataError
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
+from tflite_export.float_twin import float_twin
 from tflite_export.inspection import report_from_bytes
 from tflite_export.metadata import embed_metadata
 from tflite_export.representative import as_converter_dataset, collect_samples
@@ -174,6 +175,19 @@ def _strip(model, notes):
         logger.info(message)
         notes.append(message)
     return model, stripped, "quantization" in kinds
+
+
+def _float_reference(model, qat, notes):
+    """The model whose FP32 flatbuffer is the latency reference: for QAT, the float model inside."""
+    if not qat:
+        return model
+    twin = float_twin(model)
+    if twin is None:
+        notes.append("fp32 latency is the quantization-aware model's converted to float, fake-quant "
+                     "ops included (its float twin could not be rebuilt)")
+        return model
+    notes.append("fp32 latency is the float model's: the quantization-aware layers unwrapped, same weights")
+    return twin
 
 
 def weight_sparsity(model):
@@ -427,7 +441,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     verification = None
     if validation_data is not None:
         x, y = _validation_arrays(validation_data)
-        reference = content if precision == "fp32" else convert_to_bytes(model, "fp32")
+        reference = content if precision == "fp32" else convert_to_bytes(_float_reference(model, qat, notes), "fp32")
         verification = compare(content, x, y, keras_model=model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)

@@ -1,0 +1,67 @@
+"""The float model inside a quantization-aware one: the fair FP32 reference for an INT8 file.
+
+Converting a QAT model with `precision="fp32"` keeps its fake-quantization
+ops, so its latency is not what the float model would cost. `float_twin`
+rebuilds the model with every tfmot `QuantizeWrapper` replaced by the layer it
+wraps (same weights) and the input `QuantizeLayer` by a pass-through.
+"""
+
+import logging
+
+logger = logging.getLogger("tflite_export")
+
+
+def float_twin(model):
+    """Returns `model` without fake quantization, or None when it cannot be rebuilt.
+
+    Arguments:
+        model: a Sequential or functional tf_keras model with tfmot quantization
+            wrappers (as `tfmot.quantization.keras.quantize_model` or
+            `tfc.strip` of a `tfc.quantize` model gives).
+
+    Returns:
+        A new tf_keras model computing the float forward pass with the wrapped
+        layers' weights, or None (logged) for a model whose layers cannot be
+        cloned (subclassed models, custom layers without `get_config`).
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
+        NoOpActivation,
+        QuantizeAwareActivation,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+    from tfcompress._keras import keras
+
+    def fresh(layer):
+        if isinstance(layer, QuantizeLayer):
+            return keras.layers.Activation("linear", name=layer.name)
+        if not isinstance(layer, QuantizeWrapper):
+            return layer.__class__.from_config(layer.get_config())
+        inner = layer.layer
+        config = inner.get_config()
+        activation = getattr(inner, "activation", None)
+        if isinstance(activation, QuantizeAwareActivation):
+            # tfmot swaps the activation for a fake-quantizing one around the original (or a no-op).
+            original = activation.activation
+            config["activation"] = "linear" if isinstance(original, NoOpActivation) else keras.activations.serialize(original)
+        return inner.__class__.from_config(config)
+
+    try:
+        twin = keras.models.clone_model(model, clone_function=fresh)
+        for original, copy in zip(model.layers, twin.layers):
+            if isinstance(original, QuantizeWrapper):
+                # The wrapper holds the weights it fake-quantizes; the rest stay with the inner layer.
+                floats = [weight for weight, _, _ in original._weight_vars] + original.layer.weights
+                by_name = {_short_name(weight): weight for weight in floats}
+                copy.set_weights([by_name[_short_name(weight)].numpy() for weight in copy.weights])
+            elif not isinstance(original, QuantizeLayer):
+                copy.set_weights(original.get_weights())
+    except (KeyError, ValueError, TypeError, NotImplementedError) as error:
+        logger.info("no float twin of the quantization-aware model (%s)", error)
+        return None
+    return twin
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
