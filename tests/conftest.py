@@ -6,20 +6,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer
 
 from tfcompress._keras import keras
+from tfcompress.demo import load_digits
 
 
 @pytest.fixture(scope="session")
 def digits():
-    """Digits as (x_train, y_train, x_test, y_test); images 8x8x1 scaled to [0, 1]."""
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int64")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+    """Digits as (x_train, y_train, x_test, y_test); images 8x8x1 scaled to [0, 1] (the demo's split)."""
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    return x_train, y_train, x_test, y_test
 
 
 @pytest.fixture(scope="session")
