@@ -134,11 +134,8 @@ class Distiller(keras.Model, Scheduled):
             self._values[f"{loss.name}_weight"] = self._value_variable(f"{loss.name}_weight", weight)
         object.__setattr__(self, "_last_values", {})
 
-        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self.loss_trackers = (
-            [keras.metrics.Mean(name=loss.name) for loss in losses] if len(losses) > 1 else []
-        )
+        # loss, distillation_loss and, with several distillation losses, each one.
+        self.loss_means = _LossMeans(["loss", "distillation_loss", *([loss.name for loss in losses] if len(losses) > 1 else [])])
         object.__setattr__(
             self,
             "_logged_values",
@@ -163,7 +160,7 @@ class Distiller(keras.Model, Scheduled):
 
     @property
     def _distillation_trackers(self):
-        return [self.total_loss_tracker, self.distillation_loss_tracker, *self.loss_trackers]
+        return [self.loss_means]
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures training, like `Model.compile`; `loss` is the hard-label (student) loss.
@@ -257,19 +254,16 @@ class Distiller(keras.Model, Scheduled):
         self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
 
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self.total_loss_tracker.update_state(total, sample_weight=batch)
-        self.distillation_loss_tracker.update_state(distillation_loss, sample_weight=batch)
-        for tracker, term in zip(self.loss_trackers, terms):
-            tracker.update_state(term, sample_weight=batch)
+        self.loss_means.update_state([total, distillation_loss, *(terms if len(terms) > 1 else [])], batch)
         if y is not None:
             self.compiled_metrics.update_state(y, y_pred, sample_weight)
 
-        logs = {"loss": self.total_loss_tracker.result()}
+        means = self.loss_means.result()
+        logs = {"loss": means.pop("loss")}
         compiled_loss_metrics = self.compiled_loss.metrics if self._has_student_loss else []
         if compiled_loss_metrics:
             logs["student_loss"] = compiled_loss_metrics[0].result()
-        for tracker in [self.distillation_loss_tracker, *self.loss_trackers]:
-            logs[tracker.name] = tracker.result()
+        logs.update(means)
         for metric in self._student_metrics(exclude=compiled_loss_metrics):
             logs[metric.name] = metric.result()
         for key in self._logged_values:
@@ -539,6 +533,33 @@ class Distiller(keras.Model, Scheduled):
             "distiller.student.save(path) (or distiller.save(path), which does the same), and "
             "tfc.strip(distiller.student) for a plain model."
         )
+
+
+class _LossMeans(keras.metrics.Metric):
+    """Running means of the Distiller's losses over an epoch, all updated by two ops per step.
+
+    One `keras.metrics.Mean` per loss costs a dozen ops per step each, which a
+    small student notices. Means are weighted by batch size, as Keras's loss is.
+    """
+
+    def __init__(self, names, name="distillation_loss_means"):
+        super().__init__(name=name)
+        self.names = list(names)
+        self.totals = self.add_weight("totals", shape=(len(self.names),), initializer="zeros")
+        self.count = self.add_weight("count", shape=(), initializer="zeros")
+
+    def update_state(self, values, batch_size):
+        batch = tf.cast(batch_size, self.dtype)
+        values = tf.stack([tf.cast(value, self.dtype) for value in values])
+        return tf.group(self.totals.assign_add(values * batch), self.count.assign_add(batch))
+
+    def result(self):
+        means = tf.math.divide_no_nan(self.totals, self.count)
+        return {name: means[index] for index, name in enumerate(self.names)}
+
+    def reset_state(self):
+        self.totals.assign(tf.zeros_like(self.totals))
+        self.count.assign(0.0)
 
 
 def _scaled(factor, tensor):
