@@ -21,11 +21,12 @@ def run_record(benchmark, **fields):
     }
 
 
-def write_json(path, record):
+def write_json(path, record, announce=True):
     """Writes `record` to `path` as JSON atomically (a failed run never leaves half a file)."""
     output = pathlib.Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, output)
-    print(f"wrote {output}")
+    if announce:
+        print(f"wrote {output}")

@@ -1,6 +1,6 @@
 """Distillation benchmark on digits: student alone vs tfc.Distiller (cached, uncached).
 
-    python benchmarks/bench_distillation.py [--epochs 20] [--repeats 3]
+    python benchmarks/bench_distillation.py [--epochs 40] [--repeats 5]
 
 Prints a markdown table and writes benchmarks/results/distillation.json. A CNN
 teacher is trained once on the 1,400 training digits; every run then trains
@@ -30,7 +30,7 @@ from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import load_digits  # noqa: E402
 from tfcompress.distillation import Distiller, FeatureDistillation, LogitsDistillation  # noqa: E402
 
-flags.DEFINE_integer("epochs", 20, "Student epochs over the 1,400 training digits.")
+flags.DEFINE_integer("epochs", 40, "Student epochs over the 1,400 training digits.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("labelled", 150, "Labelled examples of the few-labels comparison.")
 flags.DEFINE_float("temperature", 2.0, "Distillation temperature.")

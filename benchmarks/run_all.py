@@ -253,7 +253,7 @@ def main(argv):
         "goals": checked,
         "plots": pngs,
     }
-    write_json(directory / "summary.json", summary)
+    write_json(directory / "summary.json", summary, announce=False)
 
     settings = quantization.get("settings", {})
     print(
