@@ -44,7 +44,8 @@ def float_twin(model):
         if isinstance(activation, QuantizeAwareActivation):
             # tfmot swaps the activation for a fake-quantizing one around the original (or a no-op).
             original = activation.activation
-            config["activation"] = "linear" if isinstance(original, NoOpActivation) else keras.activations.serialize(original)
+            linear = isinstance(original, NoOpActivation)
+            config["activation"] = "linear" if linear else keras.activations.serialize(original)
         return inner.__class__.from_config(config)
 
     try:

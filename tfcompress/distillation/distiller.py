@@ -135,7 +135,8 @@ class Distiller(keras.Model, Scheduled):
         object.__setattr__(self, "_last_values", {})
 
         # loss, distillation_loss and, with several distillation losses, each one.
-        self.loss_means = _LossMeans(["loss", "distillation_loss", *([loss.name for loss in losses] if len(losses) > 1 else [])])
+        each = [loss.name for loss in losses] if len(losses) > 1 else []
+        self.loss_means = _LossMeans(["loss", "distillation_loss", *each])
         object.__setattr__(
             self,
             "_logged_values",
