@@ -170,6 +170,35 @@ def test_quantization_aware_int8_is_timed_against_the_float_model(digits, tmp_pa
     assert result.verification.fp32_latency_ms > 0 and result.report.fully_integer
 
 
+def test_fp32_reference_is_converted_once_per_model_and_weights(digits_cnn, digits, tmp_path, monkeypatch):
+    import sys
+
+    convert_module = sys.modules["tflite_export.convert"]
+    real, calls = convert_module.convert_to_bytes, []
+
+    def counting(model, precision, *args, **kwargs):
+        calls.append(precision)
+        return real(model, precision, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "convert_to_bytes", counting)
+    _, _, x_test, y_test = digits
+    model = keras.models.clone_model(digits_cnn)
+    model.set_weights(digits_cnn.get_weights())
+
+    def export(precision, name):
+        result = tflite_export.export(model, tmp_path / f"{name}.tflite", precision,
+                                      validation_data=(x_test[:64], y_test[:64]), latency_runs=3)
+        assert result.verification.fp32_latency_ms > 0
+        return result
+
+    export("fp16", "a")
+    export("dynamic", "b")
+    assert calls == ["fp16", "fp32", "dynamic"]  # the second export times against the first's reference
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    export("fp16", "c")
+    assert calls[3:] == ["fp16", "fp32"]  # new weights, new reference
+
+
 @pytest.fixture(scope="module")
 def pruned_dense(digits):
     """A dense digits MLP pruned to 80% with tfcompress (a PruneLowMagnitude subclass), not stripped."""

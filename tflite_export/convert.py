@@ -1,9 +1,11 @@
 """`export()`: a Keras model to a verified `.tflite` file at one of six precisions."""
 
+import hashlib
 import json
 import logging
 import os
 import warnings
+import weakref
 import zipfile
 
 import numpy as np
@@ -175,6 +177,32 @@ def _strip(model, notes):
         logger.info(message)
         notes.append(message)
     return model, stripped, "quantization" in kinds
+
+
+# The FP32 reference flatbuffer of each model exported in this process, with its weights' digest:
+# exporting one model at several precisions converts its reference once, not once per precision.
+_REFERENCES = weakref.WeakKeyDictionary()
+
+
+def _fp32_reference(original, model, qat, notes):
+    """FP32 flatbuffer bytes to time an export against; `original` is the model `export` was given."""
+    digest = _weights_digest(original)
+    cached = _REFERENCES.get(original)
+    if cached is not None and cached[0] == digest:
+        notes.extend(cached[2])
+        return cached[1]
+    reference_notes = []
+    content = convert_to_bytes(_float_reference(model, qat, reference_notes), "fp32")
+    _REFERENCES[original] = (digest, content, reference_notes)
+    notes.extend(reference_notes)
+    return content
+
+
+def _weights_digest(model):
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _float_reference(model, qat, notes):
@@ -381,6 +409,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     path = check_writable(path)  # before the conversion, which takes seconds
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_model(model, custom_objects)
+    original = model
     notes = []
     if _check_model(model):
         stripped, qat = [], False
@@ -441,7 +470,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     verification = None
     if validation_data is not None:
         x, y = _validation_arrays(validation_data)
-        reference = content if precision == "fp32" else convert_to_bytes(_float_reference(model, qat, notes), "fp32")
+        reference = content if precision == "fp32" else _fp32_reference(original, model, qat, notes)
         verification = compare(content, x, y, keras_model=model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
