@@ -186,7 +186,10 @@ def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys)
 def test_console_entry_point_exit_codes(files):
     """The real process: absl's app.run path, as scripts see it."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    ok = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", str(files / "int8.tflite"), "--json"],
+    path = files / "entry_point_int8.tflite"
+    tflite_export.export(str(files / "digits.keras"), path, "int8",
+                         representative_data=np.load(files / "calibration.npz")["x"])
+    ok = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", str(path), "--json"],
                         capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["fully_integer"] is True
