@@ -16,6 +16,15 @@ _BUILD_HINT = (
 )
 
 
+def weight_name(variable):
+    """A weight's own name without scopes or output index: `kernel` for `quant_dense/dense/kernel:0`.
+
+    Wrappers of different classes nest and order their weights differently;
+    this is the name that pairs a weight with its twin in another wrapper.
+    """
+    return variable.name.split("/")[-1].split(":")[0]
+
+
 def is_keras3_object(obj):
     """Returns True when `obj` is a layer or model of Keras 3 (`import keras`), subclasses included."""
     for cls in type(obj).__mro__:

@@ -32,6 +32,7 @@ def float_twin(model):
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
     from tfcompress._keras import keras
+    from tfcompress.quantization.wrappers import copy_weights_by_name
 
     def fresh(layer):
         if isinstance(layer, QuantizeLayer):
@@ -51,18 +52,10 @@ def float_twin(model):
     try:
         twin = keras.models.clone_model(model, clone_function=fresh)
         for original, copy in zip(model.layers, twin.layers):
-            if isinstance(original, QuantizeWrapper):
-                # The wrapper holds the weights it fake-quantizes; the rest stay with the inner layer.
-                floats = [weight for weight, _, _ in original._weight_vars] + original.layer.weights
-                by_name = {_short_name(weight): weight for weight in floats}
-                copy.set_weights([by_name[_short_name(weight)].numpy() for weight in copy.weights])
-            elif not isinstance(original, QuantizeLayer):
-                copy.set_weights(original.get_weights())
-    except (KeyError, ValueError, TypeError, NotImplementedError) as error:
+            if not isinstance(original, QuantizeLayer):
+                # By name: a wrapper lists the weights it fake-quantizes beside its quantizers' ranges.
+                copy_weights_by_name(original, copy)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
         logger.info("no float twin of the quantization-aware model (%s)", error)
         return None
     return twin
-
-
-def _short_name(variable):
-    return variable.name.split("/")[-1].split(":")[0]

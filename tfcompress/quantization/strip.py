@@ -8,7 +8,7 @@ from tensorflow_model_optimization.python.core.clustering.keras import cluster_w
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation, quantize_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, weight_name
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.quantization.wrappers import (
     WrappedLayerQuantizeConfig,
@@ -25,7 +25,7 @@ def _apply_clusters(wrapper, layer):
     if not int(wrapper.clustering_on.numpy()):
         return
     # By name: a quantization wrapper has replaced the inner kernel attribute by a tensor.
-    variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+    variables = {weight_name(v): v for v in layer.weights}
     for name, weight in wrapper.original_clusterable_weights.items():
         clustered = wrapper.clustering_algorithms[name].get_clustered_weight(wrapper.pulling_indices[name], weight)
         variables[name].assign(clustered)

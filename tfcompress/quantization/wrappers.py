@@ -8,7 +8,7 @@ from tensorflow_model_optimization.python.core.clustering.keras import cluster_w
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, weight_name
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 from tfcompress.scheduling import Scheduled, tracing_for_saving
@@ -288,10 +288,6 @@ def find_quantization_layers(model):
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, PhasedQuantization)]
 
 
-def _short_name(variable):
-    return variable.name.split("/")[-1].split(":")[0]
-
-
 def copy_weights_by_name(old, new):
     """Copies `old`'s weights into `new` by weight name; `new`'s phase variables may be new.
 
@@ -301,12 +297,12 @@ def copy_weights_by_name(old, new):
     """
     values = {}
     for variable in old.weights:
-        values.setdefault(_short_name(variable), variable.numpy())
-    targets = [v for v in new.weights if _short_name(v) in values]
-    missing = [_short_name(v) for v in new.weights if _short_name(v) not in values and _short_name(v) not in _PHASES]
+        values.setdefault(weight_name(variable), variable.numpy())
+    targets = [v for v in new.weights if weight_name(v) in values]
+    missing = [weight_name(v) for v in new.weights if weight_name(v) not in values and weight_name(v) not in _PHASES]
     if missing:
         raise RuntimeError(f"No value for {missing} of layer {new.name!r} in layer {old.name!r}.")
-    keras.backend.batch_set_value([(v, values[_short_name(v)]) for v in targets])
+    keras.backend.batch_set_value([(v, values[weight_name(v)]) for v in targets])
 
 
 _PHASES = ("qat_on", "qat_frozen")
