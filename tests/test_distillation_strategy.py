@@ -4,11 +4,7 @@ Logical devices must be configured before TensorFlow initializes, and pytest's
 process has initialized it already, so the body runs in a fresh interpreter.
 """
 
-import json
-import os
-import subprocess
-import sys
-
+import fresh_process
 import pytest
 
 SCRIPT = r"""
@@ -22,18 +18,13 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 sys.path.insert(0, TESTS_DIR)
 from conftest import dense_digits_model
-from sklearn.datasets import load_digits
 
 import tfcompress as tfc
 from tfcompress._keras import keras
+from tfcompress.demo import load_digits
 from tfcompress.distillation import Distiller, FeatureDistillation, LinearSchedule, LogitsDistillation
 
-data = load_digits()
-x = (data.images / 16.0).astype("float32")[..., None]
-y = data.target.astype("int64")
-order = np.random.default_rng(0).permutation(len(x))
-x, y = x[order], y[order]
-x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
+(x_train, y_train), (x_test, y_test) = load_digits()
 hard = lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
@@ -102,14 +93,7 @@ print("RESULT " + json.dumps(results))
 
 @pytest.fixture(scope="module")
 def mirrored_results():
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    script = SCRIPT.replace("TESTS_DIR", repr(tests_dir))
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=400, cwd=os.path.dirname(tests_dir)
-    )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return fresh_process.run(SCRIPT)
 
 
 def test_two_replicas_match_a_single_device_step(mirrored_results):

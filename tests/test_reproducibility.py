@@ -1,11 +1,8 @@
 """Reproducibility: identical flatbuffers from identical exports, identical masks from a fixed seed."""
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 
+import fresh_process
 import pytest
 from conftest import compile_classifier, dense_digits_model
 
@@ -41,21 +38,8 @@ print("RESULT " + json.dumps({"masks": masks, "sparsity": history.history["spars
 
 def masks_in_fresh_processes(*seeds):
     """Runs MASKS_SCRIPT once per seed, each in its own interpreter, side by side."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", MASKS_SCRIPT.replace("TESTS_DIR", repr(tests_dir)).replace("SEED", str(seed))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(tests_dir),
-        )
-        for seed in seeds
-    ]
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-        assert process.returncode == 0 and lines, stderr[-4000:]
-        results.append(json.loads(lines[-1][len("RESULT "):]))
-    return results
+    processes = [fresh_process.start(MASKS_SCRIPT, SEED=seed) for seed in seeds]
+    return [fresh_process.result(process, timeout=300) for process in processes]
 
 
 def test_fixed_seed_with_op_determinism_gives_the_same_masks_run_to_run():

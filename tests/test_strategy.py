@@ -5,11 +5,7 @@ process has initialized it already, so the body runs in a fresh interpreter
 and prints its measurements as JSON.
 """
 
-import json
-import os
-import subprocess
-import sys
-
+import fresh_process
 import pytest
 
 SCRIPT = r"""
@@ -23,17 +19,14 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 sys.path.insert(0, TESTS_DIR)
 from conftest import compile_classifier, dense_digits_model
-from sklearn.datasets import load_digits
 
 import tfcompress as tfc
+from tfcompress.demo import load_digits
 from tfcompress.distillation import Distiller, LogitsDistillation
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 
-data = load_digits()
-x = (data.images / 16.0).astype("float32")[..., None]
-y = data.target.astype("int64")
-order = np.random.default_rng(0).permutation(len(x))
-x, y = x[order][:1024], y[order][:1024]
+(x, y), _ = load_digits()
+x, y = x[:1024], y[:1024]
 
 
 def compressed():
@@ -81,14 +74,7 @@ print("RESULT " + json.dumps(results))
 
 @pytest.fixture(scope="module")
 def results():
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT.replace("TESTS_DIR", repr(tests_dir))],
-        capture_output=True, text=True, timeout=400, cwd=os.path.dirname(tests_dir),
-    )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return fresh_process.run(SCRIPT)
 
 
 def test_two_replicas_prune_and_quantize_on_the_single_device_schedule(results):
