@@ -16,7 +16,7 @@ VERSION = re.search(
 
 # The Colab tutorials and benchmark plots use matplotlib; tests execute the tutorials with nbclient.
 EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
-DEV = EXAMPLES + ["pytest>=7.4", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25"]
+DEV = EXAMPLES + ["pytest>=7.4", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "jupytext>=1.16"]
 
 setup(
     name="tfcompress",
@@ -30,7 +30,8 @@ setup(
         # tf_keras must come from the same minor release as TensorFlow.
         "tensorflow>=2.21,<2.22",
         "tf_keras>=2.21,<2.22",
-        "tensorflow-model-optimization>=0.8.1",
+        # tfcompress reaches into tfmot internals (tfcompress/_tfmot.py): pinned to the tested release line.
+        "tensorflow-model-optimization>=0.8.1,<0.9",
         "numpy>=1.26",
         "absl-py>=1.4",
         "ai-edge-litert>=2.0",
@@ -38,7 +39,7 @@ setup(
         "flatbuffers>=24.3",
     ],
     extras_require={"examples": EXAMPLES, "dev": DEV},
-    entry_points={"console_scripts": ["tfcompress=tfcompress.cli:run"]},
+    entry_points={"console_scripts": ["tfcompress=tflite_export.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -23,14 +23,12 @@ import os
 
 from absl import logging
 
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+from tfcompress._tfmot import (
+    tfmot,
     cluster_preserve_quantize_registry,
-)
-from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    cluster_wrapper,
     prune_preserve_quantize_registry,
 )
-import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
 from tfcompress._metrics import CurrentValue

@@ -1,7 +1,7 @@
 """`strip`: the plain tf_keras model left after compression."""
 
 from absl import logging
-import tensorflow_model_optimization as tfmot
+from tfcompress._tfmot import tfmot
 
 from tfcompress._keras import check_model, keras
 from tfcompress.clustering.wrapper import find_cluster_wrappers

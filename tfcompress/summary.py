@@ -4,10 +4,7 @@ import dataclasses
 import gzip
 
 import numpy as np
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, QuantizeWrapper
 
 from tfcompress._keras import check_model, keras
 

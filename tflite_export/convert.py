@@ -87,7 +87,7 @@ def load_keras_model(source, custom_objects=None):
 
     >>> model = tflite_export.load_keras_model("digits.keras")
     """
-    import tensorflow_model_optimization as tfmot
+    from tfcompress._tfmot import tfmot
 
     source = os.fspath(source)
     if not os.path.exists(source):
@@ -145,10 +145,7 @@ def _check_model(model):
 
 def _wrapper_kinds(model):
     """Which tfmot wrappers the model still carries: pruning, clustering, quantization."""
-    from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+    from tfcompress._tfmot import ClusterWeights, PruneLowMagnitude, QuantizeLayer, QuantizeWrapper
 
     kinds = set()
     for layer in model.submodules:
@@ -162,7 +159,7 @@ def _wrapper_kinds(model):
 
 
 def _strip(model, notes):
-    import tensorflow_model_optimization as tfmot
+    from tfcompress._tfmot import tfmot
 
     kinds = _wrapper_kinds(model)
     stripped = []

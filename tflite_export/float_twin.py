@@ -24,12 +24,7 @@ def float_twin(model):
         layers' weights, or None (logged) for a model whose layers cannot be
         cloned (subclassed models, custom layers without `get_config`).
     """
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
-        NoOpActivation,
-        QuantizeAwareActivation,
-    )
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+    from tfcompress._tfmot import NoOpActivation, QuantizeAwareActivation, QuantizeLayer, QuantizeWrapper
 
     from tfcompress._keras import keras
     from tfcompress.quantization.wrappers import copy_weights_by_name

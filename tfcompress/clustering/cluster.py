@@ -1,8 +1,7 @@
 """`cluster`: weight sharing with tfmot's clustering wrappers, started by the fit."""
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_config, clustering_registry
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tfcompress._tfmot import cluster_config, clustering_registry, pruning_wrapper
 
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers

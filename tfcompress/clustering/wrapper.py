@@ -1,7 +1,7 @@
 """tfmot's clustering wrapper, with a start step driven by `CompressionCallback`."""
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper, clustering_centroids
+from tfcompress._tfmot import cluster_wrapper, clustering_centroids
 
 from tfcompress._keras import keras
 from tfcompress.scheduling import Scheduled, tracing_for_saving

@@ -1,11 +1,7 @@
 """`prune`: wrap a model's layers with tfmot pruning wrappers, scheduled by the fit."""
 
 from absl import logging
-from tensorflow_model_optimization.python.core.sparsity.keras import (
-    prunable_layer,
-    prune_registry,
-    pruning_wrapper,
-)
+from tfcompress._tfmot import prunable_layer, prune_registry, pruning_wrapper
 
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers, per_layer_value

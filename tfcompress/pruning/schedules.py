@@ -14,7 +14,7 @@ by a later `fit` sees the new values.
 """
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
+from tfcompress._tfmot import tfmot
 
 from tfcompress.steps import is_fraction, resolve_point, validate_point
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.keras.utils import smart_cond
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tfcompress._tfmot import pruning_wrapper, smart_cond
 
 from tfcompress._keras import keras
 from tfcompress.pruning.schedules import SCHEDULES

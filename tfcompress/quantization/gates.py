@@ -9,7 +9,7 @@ starts from calibrated ranges.
 """
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
+from tfcompress._tfmot import tfmot
 
 
 class GatedQuantizer(tfmot.quantization.keras.quantizers.Quantizer):

@@ -3,14 +3,14 @@
 import copy
 import re
 
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+from tfcompress._tfmot import (
+    tfmot,
+    cluster_wrapper,
     default_8bit_quantize_configs,
     default_8bit_quantize_registry,
+    pruning_wrapper,
+    quantize_layer,
 )
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import all_layers, layer_selector

@@ -3,10 +3,13 @@
 import copy
 
 from absl import logging
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation, quantize_layer
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tfcompress._tfmot import (
+    tfmot,
+    cluster_wrapper,
+    pruning_wrapper,
+    quantize_aware_activation,
+    quantize_layer,
+)
 
 from tfcompress._keras import keras, weight_name
 from tfcompress.quantization.gates import GatedQuantizer

@@ -3,10 +3,7 @@
 import copy
 
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tfcompress._tfmot import tfmot, cluster_wrapper, pruning_wrapper, quantize_layer
 
 from tfcompress._keras import keras, weight_name
 from tfcompress.quantization.gates import GatedQuantizer
