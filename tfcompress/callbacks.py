@@ -6,7 +6,7 @@ from tfcompress._keras import keras
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.quantize import attach_phase_report
-from tfcompress.scheduling import scheduled_parts
+from tfcompress.scheduling import scheduled_parts, unknown_length
 
 
 class CompressionCallback(keras.callbacks.Callback):
@@ -55,12 +55,7 @@ class CompressionCallback(keras.callbacks.Callback):
             if not hasattr(schedule, "resolve"):
                 continue  # a tfmot schedule with its own step numbers
             if schedule.needs_fit_length and total is None:
-                raise ValueError(
-                    "tfc.CompressionCallback cannot lay the pruning schedule over this fit: its "
-                    "length is unknown (a dataset of unknown size and no `steps_per_epoch`). "
-                    "Pass `steps_per_epoch=` to fit(), or give tfc.prune absolute step numbers "
-                    "for `begin` and `end`."
-                )
+                raise unknown_length("pruning", "give tfc.prune absolute step numbers for `begin` and `end`")
             begin, end, frequency = schedule.resolve(total)
             layers = [w.layer.name for w in wrappers if w.pruning_schedule is schedule]
             _merge_entry(

@@ -6,7 +6,7 @@ from tfcompress._tfmot import cluster_config, clustering_registry, pruning_wrapp
 from tfcompress._keras import check_model, keras
 from tfcompress._layers import layer_selector, named_layers
 from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
-from tfcompress.steps import validate_point
+from tfcompress.scheduling import validate_point
 
 INITIALIZATIONS = {
     "kmeans++": cluster_config.CentroidInitialization.KMEANS_PLUS_PLUS,

@@ -4,14 +4,17 @@ import tensorflow as tf
 from tfcompress._tfmot import cluster_wrapper, clustering_centroids
 
 from tfcompress._keras import keras
-from tfcompress.scheduling import Scheduled, tracing_for_saving
-from tfcompress.steps import resolve_point, validate_point
-
-MISSING_CALLBACK = (
-    "This model has tfcompress clustering wrappers, whose start step needs "
-    "`tfcompress.CompressionCallback()`. Train with "
-    "`model.fit(..., callbacks=[tfc.CompressionCallback()])`."
+from tfcompress.scheduling import (
+    Scheduled,
+    is_fraction,
+    missing_callback,
+    resolve_point,
+    tracing_for_saving,
+    unknown_length,
+    validate_point,
 )
+
+MISSING_CALLBACK = missing_callback("clustering wrappers, whose start step is scheduled")
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -69,10 +72,9 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         self._on = 1
 
     def resolve_schedule(self, total_steps):
-        try:
-            self._begin_step = resolve_point(self.begin, total_steps)
-        except ValueError as error:
-            raise ValueError(f"tfc.CompressionCallback cannot schedule clustering: {error}") from None
+        if total_steps is None and is_fraction(self.begin):
+            raise unknown_length("clustering", "give tfc.cluster an absolute step number for `begin`")
+        self._begin_step = resolve_point(self.begin, total_steps)
         self._on = int(self.clustering_on.numpy())
         of = f" of {total_steps}" if total_steps else ""
         return [

@@ -2,6 +2,6 @@
 
 from tfcompress.distillation.distiller import Distiller
 from tfcompress.distillation.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
-from tfcompress.distillation.schedules import LinearSchedule
+from tfcompress.scheduling import LinearSchedule
 
 __all__ = ["DistillationLoss", "Distiller", "FeatureDistillation", "LinearSchedule", "LogitsDistillation"]

@@ -9,8 +9,7 @@ import tensorflow as tf
 from tfcompress._keras import check_model, keras
 from tfcompress.distillation import teacher_cache
 from tfcompress.distillation.losses import FINAL_OUTPUT, DistillationLoss, FeatureDistillation, LogitsDistillation
-from tfcompress.distillation.schedules import check_value, is_scheduled
-from tfcompress.scheduling import Scheduled
+from tfcompress.scheduling import Scheduled, check_value, is_scheduled, missing_callback, unknown_length
 
 DEFAULT_TEMPERATURE = 3.0
 DEFAULT_ALPHA = 0.5
@@ -303,10 +302,9 @@ class Distiller(keras.Model, Scheduled):
         for key, (value, variable) in self._values.items():
             if is_scheduled(value):
                 if value.needs_fit_length and total_steps is None:
-                    raise ValueError(
-                        f"The Distiller's `{key}` schedule uses fractions of the fit, but this fit's "
-                        "length is unknown. Pass `steps_per_epoch=` to fit(), or give the "
-                        "LinearSchedule absolute step numbers (ints) for `begin` and `end`."
+                    raise unknown_length(
+                        f"the Distiller's `{key}`",
+                        "give the LinearSchedule absolute step numbers (ints) for `begin` and `end`",
                     )
                 begin, end = value.resolve(total_steps)
                 parts.append(f"{key} {value.initial_value:g} -> {value.final_value:g} over steps {begin}-{end}")
@@ -387,10 +385,7 @@ class Distiller(keras.Model, Scheduled):
 
         scheduled = [key for key, (value, _) in self._values.items() if is_scheduled(value)]
         if scheduled and not any(isinstance(cb, CompressionCallback) for cb in callbacks or []):
-            raise ValueError(
-                f"The Distiller's {', '.join(scheduled)} follow(s) a schedule, which "
-                "tfc.CompressionCallback drives: pass `callbacks=[tfc.CompressionCallback()]` to fit()."
-            )
+            raise ValueError(missing_callback(f"Distiller values that follow a schedule ({', '.join(scheduled)})"))
 
     def _report(self, verbose, message):
         if verbose:

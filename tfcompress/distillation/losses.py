@@ -8,7 +8,7 @@ work on tf_keras models and their temperature can follow a schedule.
 import tensorflow as tf
 
 from tfcompress._keras import keras
-from tfcompress.distillation.schedules import check_value
+from tfcompress.scheduling import check_value
 
 FINAL_OUTPUT = "final_output"
 

@@ -16,7 +16,7 @@ by a later `fit` sees the new values.
 import tensorflow as tf
 from tfcompress._tfmot import tfmot
 
-from tfcompress.steps import is_fraction, resolve_point, validate_point
+from tfcompress.scheduling import Span
 
 # Mask updates over the pruning span when `frequency` is not given.
 _UPDATES_PER_SPAN = 20
@@ -33,7 +33,7 @@ def _validate_sparsity(value, name):
     return float(value)
 
 
-class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, tf.Module):
+class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, Span, tf.Module):
     """Shared step handling of the schedules below.
 
     A `tf.Module`, so the wrapper holding it tracks its step variables: a
@@ -42,10 +42,7 @@ class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, tf.Module):
 
     def __init__(self, begin, end, frequency):
         tf.Module.__init__(self, name=type(self).__name__.lower())
-        self.begin = validate_point(begin, "begin")
-        self.end = validate_point(end, "end")
-        if is_fraction(self.begin) == is_fraction(self.end) and self.begin > self.end:
-            raise ValueError(f"`begin` ({begin}) must not come after `end` ({end}).")
+        Span.__init__(self, begin, end, "The pruning schedule")
         if frequency is not None and (
             isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1
         ):
@@ -55,13 +52,8 @@ class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, tf.Module):
         self._end_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="end_step")
         self._frequency = tf.Variable(1, dtype=tf.int64, trainable=False, name="frequency")
         self.steps = None
-        if not is_fraction(self.begin) and not is_fraction(self.end):
+        if not self.needs_fit_length:
             self.resolve(None)
-
-    @property
-    def needs_fit_length(self):
-        """True when a point is a fraction, so the fit's length is needed."""
-        return is_fraction(self.begin) or is_fraction(self.end)
 
     @property
     def resolved(self):
@@ -73,13 +65,7 @@ class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, tf.Module):
         Returns:
             `(begin_step, end_step, frequency)`.
         """
-        begin = resolve_point(self.begin, total_steps)
-        end = resolve_point(self.end, total_steps)
-        if begin > end:
-            raise ValueError(
-                f"The pruning schedule begins at step {begin} but ends at step {end}; "
-                "`begin` must not come after `end`."
-            )
+        begin, end = Span.resolve(self, total_steps)
         frequency = self.frequency or max(1, min(_MAX_FREQUENCY, round((end - begin) / _UPDATES_PER_SPAN)))
         self._begin_step.assign(begin)
         self._end_step.assign(end)

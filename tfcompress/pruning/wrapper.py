@@ -6,7 +6,7 @@ from tfcompress._tfmot import pruning_wrapper, smart_cond
 
 from tfcompress._keras import keras
 from tfcompress.pruning.schedules import SCHEDULES
-from tfcompress.scheduling import tracing_for_saving
+from tfcompress.scheduling import missing_callback, tracing_for_saving
 
 def find_pruning_wrappers(model):
     """Every tfmot pruning wrapper in `model`, in nested models and wrappers too.
@@ -21,11 +21,7 @@ def find_pruning_wrappers(model):
     ]
 
 
-MISSING_CALLBACK = (
-    "This model has tfcompress pruning wrappers, which need "
-    "`tfcompress.CompressionCallback()` to run their schedule. Train with "
-    "`model.fit(..., callbacks=[tfc.CompressionCallback()])`."
-)
+MISSING_CALLBACK = missing_callback("pruning wrappers, whose masks follow a schedule")
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")

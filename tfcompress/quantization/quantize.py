@@ -25,7 +25,7 @@ from tfcompress.quantization.wrappers import (
     find_quantization_layers,
     rebuilt_copy,
 )
-from tfcompress.steps import is_fraction, validate_point
+from tfcompress.scheduling import is_fraction, validate_point
 
 SCHEMES = {
     None: tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme,

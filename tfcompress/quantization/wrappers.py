@@ -8,14 +8,17 @@ from tfcompress._tfmot import tfmot, cluster_wrapper, pruning_wrapper, quantize_
 from tfcompress._keras import keras, weight_name
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.pruning.wrapper import PruneLowMagnitude
-from tfcompress.scheduling import Scheduled, tracing_for_saving
-from tfcompress.steps import resolve_point, validate_point
-
-MISSING_CALLBACK = (
-    "This model has tfcompress quantization wrappers, whose phases (float, "
-    "fake-quant, frozen) need `tfcompress.CompressionCallback()`. Train with "
-    "`model.fit(..., callbacks=[tfc.CompressionCallback()])`."
+from tfcompress.scheduling import (
+    Scheduled,
+    is_fraction,
+    missing_callback,
+    resolve_point,
+    tracing_for_saving,
+    unknown_length,
+    validate_point,
 )
+
+MISSING_CALLBACK = missing_callback("quantization wrappers, whose phases (float, fake-quant, frozen) are scheduled")
 
 
 class PhasedQuantization(Scheduled):
@@ -37,11 +40,10 @@ class PhasedQuantization(Scheduled):
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
 
     def resolve_schedule(self, total_steps):
-        try:
-            start = resolve_point(self.start, total_steps)
-            freeze = None if self.freeze is None else resolve_point(self.freeze, total_steps)
-        except ValueError as error:
-            raise ValueError(f"tfc.CompressionCallback cannot schedule quantization: {error}") from None
+        if total_steps is None and any(is_fraction(p) for p in (self.start, self.freeze) if p is not None):
+            raise unknown_length("quantization", "give tfc.quantize absolute step numbers for `start` and `freeze`")
+        start = resolve_point(self.start, total_steps)
+        freeze = None if self.freeze is None else resolve_point(self.freeze, total_steps)
         if freeze is not None and freeze < start:
             raise ValueError(
                 f"Quantization freezes at step {freeze}, before it starts at step {start}; "
