@@ -24,6 +24,7 @@ from _common import run_record, write_json  # noqa: E402
 from tflite_export._cpu import cpu_description  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import build_model, compile_model, load_digits  # noqa: E402
+from tfcompress.summary import kernel_sparsity  # noqa: E402
 
 flags.DEFINE_integer("epochs", 8, "Pruning epochs (the dense model is pretrained for as many).")
 flags.DEFINE_integer("short_epochs", 2, "Epochs of the short-fit comparison (tfmot's frequency=100 trap).")
@@ -34,11 +35,6 @@ flags.DEFINE_string("output", "benchmarks/results/pruning.json", "JSON output pa
 FLAGS = flags.FLAGS
 
 
-
-
-def kernel_sparsity(model):
-    kernels = [w for w in model.get_weights() if w.ndim >= 2]
-    return float(sum(k.size - np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels))
 
 
 def gzip_bytes(model):
@@ -106,7 +102,7 @@ def main(argv):
                 "pipeline": name,
                 "epochs": epochs,
                 "accuracy": float(final.evaluate(x_test, y_test, verbose=0)[1]),
-                "sparsity": kernel_sparsity(final),
+                "sparsity": kernel_sparsity(final.get_weights()),
                 "gzip_bytes": gzip_bytes(final),
                 "fit_seconds": statistics.median(seconds for _, seconds in runs),
             }

@@ -1,14 +1,109 @@
-"""Choosing layers by name, type or predicate, shared by every compression."""
+"""Layers of a model: walking them, choosing them, and cloning a model with its weights.
 
-from tfcompress._keras import keras
+Every compression walks, selects and clones layers the same way, so these
+live here once: `walk` (the one traversal), `layer_selector` /
+`per_layer_value` (the user's `layers=` arguments) and `clone_with_weights`
+(clone a model layer by layer and carry each layer's trained weights over).
+"""
+
+from tfcompress._keras import keras, weight_name
+
+
+def walk(model, kind=None, include_self=False, into_wrappers=True):
+    """The layers inside `model`, in order, nested models included.
+
+    Arguments:
+        model: a tf_keras model (or layer).
+        kind: keep only instances of this class (or tuple of classes).
+        include_self: list `model` itself first.
+        into_wrappers: also list the layers inside wrappers (a pruned
+            layer's inner layer, ...). False lists what the user built: the
+            layers of the model and of the models nested in it.
+
+    Returns:
+        A list of layers.
+    """
+    if into_wrappers:
+        layers = list(model._flatten_layers(include_self=include_self, recursive=True))
+    else:
+        layers = [model] if include_self else []
+        for layer in model.layers:
+            layers.append(layer)
+            if isinstance(layer, keras.Model):
+                layers.extend(walk(layer, into_wrappers=False))
+    return [layer for layer in layers if kind is None or isinstance(layer, kind)]
 
 
 def all_layers(model):
-    """Every layer of `model`, nested models' layers included, in order."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from all_layers(layer)
+    """Every layer the user built in `model`, nested models' layers included, in order."""
+    return walk(model, into_wrappers=False)
+
+
+def fresh_copy(layer):
+    """A new, unbuilt layer with `layer`'s configuration."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def copy_weights_by_position(old, new):
+    """Copies `old`'s weights into `new` in order (layers of the same class and config)."""
+    new.set_weights(old.get_weights())
+
+
+def copy_weights_by_name(old, new, fresh=()):
+    """Copies `old`'s weights into `new` by weight name.
+
+    Wrappers of different classes order their variables differently (and
+    tfmot's cluster-preserving quantizers vary it between builds), so names,
+    not positions, pair them up.
+
+    Arguments:
+        old: the layer holding the values.
+        new: the layer to fill.
+        fresh: names of `new`'s weights that `old` may lack; they keep their values.
+    """
+    values = {}
+    for variable in old.weights:
+        values.setdefault(weight_name(variable), variable.numpy())
+    targets = [v for v in new.weights if weight_name(v) in values]
+    missing = [weight_name(v) for v in new.weights if weight_name(v) not in values and weight_name(v) not in fresh]
+    if missing:
+        raise RuntimeError(f"No value for {missing} of layer {new.name!r} in layer {old.name!r}.")
+    keras.backend.batch_set_value([(v, values[weight_name(v)]) for v in targets])
+
+
+def clone_with_weights(model, clone_function=fresh_copy, copy=copy_weights_by_position):
+    """Clones a Sequential/functional model layer by layer, carrying trained weights over.
+
+    Arguments:
+        model: the model to clone.
+        clone_function: `layer -> new_layer`, or `layer -> (new_layer, target)`
+            when the weights belong to a layer inside the new one (the layer a
+            new wrapper wraps), or `(new_layer, None)` when the function set the
+            weights itself. Nested functional models are cloned layer by layer
+            with the same function.
+        copy: `(old, new) -> None`, copying one layer's weights; called for
+            every pair once the clone is built.
+
+    Returns:
+        The cloned model, uncompiled.
+    """
+    pairs = []
+
+    def clone_layer(layer):
+        if isinstance(layer, keras.Model) and (
+            isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+        ):
+            return keras.models.clone_model(layer, clone_function=clone_layer)
+        new = clone_function(layer)
+        new, target = new if isinstance(new, tuple) else (new, new)
+        if target is not None:
+            pairs.append((layer, target))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    for old, new in pairs:
+        copy(old, new)
+    return clone
 
 
 def _key_matches(layer, key):

@@ -31,6 +31,7 @@ from tfcompress._tfmot import (
 )
 
 from tfcompress._keras import keras
+from tfcompress._layers import walk
 from tfcompress._metrics import CurrentValue
 # Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
 import tfcompress.clustering  # noqa: F401
@@ -172,6 +173,6 @@ def _drop_revived_reports(model):
     the same name and leaves it un-updated, so History would repeat the value
     from saving time; `CompressionCallback` attaches live ones when fit starts.
     """
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in walk(model, include_self=True):
         for metric in [metric for metric in layer._metrics if isinstance(metric, CurrentValue)]:
             layer._metrics.remove(metric)

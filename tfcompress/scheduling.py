@@ -22,6 +22,8 @@ import numbers
 
 from tensorflow.python.saved_model import save_context
 
+from tfcompress._layers import walk
+
 def validate_point(value, name):
     """Checks one schedule point and returns it unchanged.
 
@@ -165,7 +167,7 @@ class Scheduled:
 
 def scheduled_parts(model):
     """Every `Scheduled` layer or model in `model`, `model` itself included."""
-    return [layer for layer in model._flatten_layers(include_self=True, recursive=True) if isinstance(layer, Scheduled)]
+    return walk(model, Scheduled, include_self=True)
 
 
 class LinearSchedule(Span):

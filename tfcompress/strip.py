@@ -3,7 +3,8 @@
 from absl import logging
 from tfcompress._tfmot import tfmot
 
-from tfcompress._keras import check_model, keras
+from tfcompress._keras import check_model
+from tfcompress._layers import clone_with_weights
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.strip import strip_quantization
@@ -56,6 +57,4 @@ def strip(model):
     if clustered:
         stripped = tfmot.clustering.keras.strip_clustering(stripped)
     # tfmot's strip returns the training model's own layer objects; copy them.
-    plain = keras.models.clone_model(stripped)
-    plain.set_weights(stripped.get_weights())
-    return plain
+    return clone_with_weights(stripped)

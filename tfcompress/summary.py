@@ -7,6 +7,7 @@ import numpy as np
 from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, QuantizeWrapper
 
 from tfcompress._keras import check_model, keras
+from tfcompress._layers import walk
 
 
 @dataclasses.dataclass
@@ -112,12 +113,26 @@ def _effective_weights(layer):
     return layer.__class__.__name__, layer.name, arrays
 
 
+def kernel_sparsity(arrays):
+    """The one definition of sparsity: the share of exact zeros among the kernels.
+
+    Kernels are the weight arrays of rank >= 2 (biases and normalization
+    parameters do not count); when there are none, every array counts.
+
+    Arguments:
+        arrays: weight arrays as the model computes with them (masks applied).
+
+    Returns:
+        A float in [0, 1]; 0.0 for no weights.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    kernels = [a for a in arrays if a.ndim >= 2] or arrays
+    size = sum(a.size for a in kernels)
+    return float(sum(a.size - np.count_nonzero(a) for a in kernels) / size) if size else 0.0
+
+
 def _leaf_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
+    return [layer for layer in walk(model, into_wrappers=False) if not isinstance(layer, keras.Model)]
 
 
 # A float kernel with at most this many distinct values (and a quarter of its size) is clustered.
@@ -131,13 +146,12 @@ def _summarize(name, layer_type, arrays):
     clustered = bool(shared) and all(n <= min(_MAX_CLUSTERS, k.size // 4) for n, k in zip(shared, float_kernels))
     params = sum(a.size for a in arrays)
     raw = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
-    kernel_size = sum(a.size for a in kernels)
     return LayerSummary(
         name=name,
         layer_type=layer_type,
         params=int(params),
         nonzero=int(sum(np.count_nonzero(a) for a in arrays)),
-        sparsity=float(sum(a.size - np.count_nonzero(a) for a in kernels) / kernel_size) if kernel_size else 0.0,
+        sparsity=kernel_sparsity(arrays),
         bits=8.0 * len(raw) / params if params else 0.0,
         bytes=len(raw),
         gzip_bytes=len(gzip.compress(raw, compresslevel=9, mtime=0)),

@@ -27,13 +27,13 @@ def float_twin(model):
     from tfcompress._tfmot import NoOpActivation, QuantizeAwareActivation, QuantizeLayer, QuantizeWrapper
 
     from tfcompress._keras import keras
-    from tfcompress.quantization.wrappers import copy_weights_by_name
+    from tfcompress._layers import clone_with_weights, copy_weights_by_name, fresh_copy
 
     def fresh(layer):
         if isinstance(layer, QuantizeLayer):
-            return keras.layers.Activation("linear", name=layer.name)
+            return keras.layers.Activation("linear", name=layer.name), None
         if not isinstance(layer, QuantizeWrapper):
-            return layer.__class__.from_config(layer.get_config())
+            return fresh_copy(layer)
         inner = layer.layer
         config = inner.get_config()
         activation = getattr(inner, "activation", None)
@@ -45,11 +45,8 @@ def float_twin(model):
         return inner.__class__.from_config(config)
 
     try:
-        twin = keras.models.clone_model(model, clone_function=fresh)
-        for original, copy in zip(model.layers, twin.layers):
-            if not isinstance(original, QuantizeLayer):
-                # By name: a wrapper lists the weights it fake-quantizes beside its quantizers' ranges.
-                copy_weights_by_name(original, copy)
+        # By name: a wrapper lists the weights it fake-quantizes beside its quantizers' ranges.
+        twin = clone_with_weights(model, fresh, copy=copy_weights_by_name)
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
         logger.info("no float twin of the quantization-aware model (%s)", error)
         return None

@@ -3,8 +3,8 @@
 import tensorflow as tf
 from tfcompress._tfmot import cluster_config, clustering_registry, pruning_wrapper
 
-from tfcompress._keras import check_model, keras
-from tfcompress._layers import layer_selector, named_layers
+from tfcompress._keras import check_model
+from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers
 from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
 from tfcompress.scheduling import validate_point
 
@@ -64,7 +64,6 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         raise ValueError("This model is already clustered; call tfc.strip(model) before clustering it again.")
     chosen = layer_selector(model, layers)
     named = named_layers(layers)
-    copies = []
 
     def wrap(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
@@ -72,11 +71,8 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
                 "tfc.cluster cannot wrap a pruned layer. Strip the pruned model first and keep "
                 "its zeros: tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
             )
-        if isinstance(layer, keras.Model):
-            return keras.models.clone_model(layer, clone_function=wrap)
-        copy = layer.__class__.from_config(layer.get_config())
+        copy = fresh_copy(layer)
         if (chosen is not None and not chosen(layer)) or not _clusterable(layer):
-            copies.append((layer, copy))
             if layer.name in named:
                 raise ValueError(
                     f"Layer {layer.name!r} ({type(layer).__name__}) cannot be clustered by tfmot. "
@@ -89,17 +85,16 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         with tf.name_scope(f"cluster_{layer.name}"):
             copy.build(layer._build_input_shape)
         copy.set_weights(layer.get_weights())
-        return ClusterWeights(
+        wrapper = ClusterWeights(
             copy,
             clusters,
             begin=begin,
             cluster_centroids_init=INITIALIZATIONS[init],
             preserve_sparsity=preserve_sparsity,
         )
+        return wrapper, None
 
-    clustered = keras.models.clone_model(model, clone_function=wrap)
-    for original, copy in copies:
-        copy.set_weights(original.get_weights())
+    clustered = clone_with_weights(model, wrap)
     if not find_cluster_wrappers(clustered):
         raise ValueError("tfc.cluster found no layer tfmot can cluster in this model.")
     return clustered

@@ -4,6 +4,7 @@ import tensorflow as tf
 from tfcompress._tfmot import cluster_wrapper, clustering_centroids
 
 from tfcompress._keras import keras
+from tfcompress._layers import walk
 from tfcompress.scheduling import (
     Scheduled,
     is_fraction,
@@ -99,8 +100,4 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
 
 def find_cluster_wrappers(model):
     """Every tfmot clustering wrapper in `model`, nested ones included."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, cluster_wrapper.ClusterWeights)
-    ]
+    return walk(model, cluster_wrapper.ClusterWeights)

@@ -3,8 +3,8 @@
 from absl import logging
 from tfcompress._tfmot import prunable_layer, prune_registry, pruning_wrapper
 
-from tfcompress._keras import check_model, keras
-from tfcompress._layers import layer_selector, named_layers, per_layer_value
+from tfcompress._keras import check_model
+from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import report_metric
 from tfcompress.pruning.schedules import SCHEDULES, ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
@@ -145,7 +145,6 @@ def prune(
     target_for = per_layer_value(model, layer_sparsity, final_sparsity, "layer_sparsity")
     for target in (layer_sparsity or {}).values():
         _validate_sparsity(target, "layer_sparsity")
-    copies = []
     skipped = []
 
     def wrap(layer):
@@ -154,10 +153,7 @@ def prune(
                 f"Layer {layer.name!r} is already pruned. Prune a model once; to change the "
                 "schedule, call tfc.strip(model) first and prune the result."
             )
-        if isinstance(layer, keras.Model):
-            return keras.models.clone_model(layer, clone_function=wrap)
-        copy = layer.__class__.from_config(layer.get_config())
-        copies.append((layer, copy))
+        copy = fresh_copy(layer)
         if chosen is not None and not chosen(layer):
             return copy
         weights = prunable_weight_names(layer)
@@ -177,13 +173,14 @@ def prune(
             if weights is None and layer.weights:
                 skipped.append(layer.name)
             return copy
-        return PruneLowMagnitude(
+        wrapper = PruneLowMagnitude(
             copy, pruning_schedule=schedule_for(_validate_sparsity(target_for(layer), "layer_sparsity")),
             sparsity_m_by_n=m_by_n,
         )
+        return wrapper, copy
 
     try:
-        pruned = keras.models.clone_model(model, clone_function=wrap)
+        pruned = clone_with_weights(model, wrap)
     except ValueError as error:
         if "m_by_n" in str(error) or "sparsity" in str(error).lower():
             raise ValueError(
@@ -191,8 +188,6 @@ def prune(
                 "`layers=` (Dense and Conv2D kernels whose input size is a multiple of n)."
             ) from error
         raise
-    for original, copy in copies:
-        copy.set_weights(original.get_weights())
     wrappers = find_pruning_wrappers(pruned)
     if not wrappers:
         raise ValueError(

@@ -5,6 +5,7 @@ import tensorflow as tf
 from tfcompress._tfmot import pruning_wrapper, smart_cond
 
 from tfcompress._keras import keras
+from tfcompress._layers import walk
 from tfcompress.pruning.schedules import SCHEDULES
 from tfcompress.scheduling import missing_callback, tracing_for_saving
 
@@ -14,11 +15,7 @@ def find_pruning_wrappers(model):
     tfmot's own collector only looks through `model.layers`, so it misses a
     pruned layer inside a quantization wrapper.
     """
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, pruning_wrapper.PruneLowMagnitude)
-    ]
+    return walk(model, pruning_wrapper.PruneLowMagnitude)
 
 
 MISSING_CALLBACK = missing_callback("pruning wrappers, whose masks follow a schedule")

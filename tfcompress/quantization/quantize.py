@@ -13,7 +13,7 @@ from tfcompress._tfmot import (
 )
 
 from tfcompress._keras import check_model, keras
-from tfcompress._layers import all_layers, layer_selector
+from tfcompress._layers import all_layers, clone_with_weights, copy_weights_by_name, fresh_copy, layer_selector
 from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
@@ -21,7 +21,6 @@ from tfcompress.quantization.wrappers import (
     WrappedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
-    copy_weights_by_name,
     find_quantization_layers,
     rebuilt_copy,
 )
@@ -126,7 +125,6 @@ def _with_phases(qat_model, model, start, freeze):
     a clustering wrapper's weight order changes once it has been called.
     """
     originals = {layer.name: layer for layer in all_layers(model) if isinstance(layer, _COMPRESSION_WRAPPERS)}
-    pairs = []
 
     def swap(layer):
         config = layer.get_config()
@@ -138,17 +136,16 @@ def _with_phases(qat_model, model, start, freeze):
         elif isinstance(layer, quantize_layer.QuantizeLayer):
             new = QuantizeInput.from_config({**config, "start": start, "freeze": freeze})
         else:
-            new = layer.__class__.from_config(config)
-        pairs.append((layer, new))
+            new = fresh_copy(layer)
         return new
 
-    with tfmot.quantization.keras.quantize_scope():
-        phased = keras.models.clone_model(qat_model, clone_function=swap)
-    for old, new in pairs:
-        copy_weights_by_name(old, new)
+    def copy_weights(old, new):
+        copy_weights_by_name(old, new, fresh=QuantizeWrapper.PHASE_WEIGHTS)
         if isinstance(new, QuantizeWrapper) and new.layer.name in originals:
             copy_weights_by_name(originals[new.layer.name], new.layer)
-    return phased
+
+    with tfmot.quantization.keras.quantize_scope():
+        return clone_with_weights(qat_model, swap, copy=copy_weights)
 
 
 def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):

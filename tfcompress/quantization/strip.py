@@ -11,13 +11,13 @@ from tfcompress._tfmot import (
     quantize_layer,
 )
 
-from tfcompress._keras import keras, weight_name
+from tfcompress._keras import weight_name
+from tfcompress._layers import clone_with_weights, copy_weights_by_name, fresh_copy
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.quantization.wrappers import (
     WrappedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
-    copy_weights_by_name,
     find_quantization_layers,
     rebuilt_copy,
 )
@@ -34,10 +34,6 @@ def _apply_clusters(wrapper, layer):
         variables[name].assign(clustered)
 
 
-def _fresh(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
 def strip_quantization(model):
     """Returns the model with tfmot's standard quantization layers only.
 
@@ -52,7 +48,6 @@ def strip_quantization(model):
             "Quantization-aware training never started in this model (its `start` is after "
             "the last trained step): the int8 ranges come from float training only."
         )
-    pairs = []
     clustered = []  # (clustering wrapper, plain layer): shared values go in after the weight copy
 
     def plain(layer):
@@ -73,19 +68,16 @@ def strip_quantization(model):
             quantizer = layer.quantizer.inner if isinstance(layer.quantizer, GatedQuantizer) else layer.quantizer
             new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name)
         elif isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-            new = _fresh(layer.layer)
+            new = fresh_copy(layer.layer)
         elif isinstance(layer, cluster_wrapper.ClusterWeights):
             new = rebuilt_copy(layer.layer, layer)
             clustered.append((layer, new))
         else:
-            new = _fresh(layer)
-        pairs.append((layer, new))
+            new = fresh_copy(layer)
         return new
 
     with tfmot.quantization.keras.quantize_scope():
-        stripped = keras.models.clone_model(model, clone_function=plain)
-    for old, new in pairs:
-        copy_weights_by_name(old, new)
+        stripped = clone_with_weights(model, plain, copy=copy_weights_by_name)
     for wrapper, layer in clustered:
         _apply_clusters(wrapper, layer)
     return stripped

@@ -5,7 +5,8 @@ import copy
 import tensorflow as tf
 from tfcompress._tfmot import tfmot, cluster_wrapper, pruning_wrapper, quantize_layer
 
-from tfcompress._keras import keras, weight_name
+from tfcompress._keras import keras
+from tfcompress._layers import copy_weights_by_name, fresh_copy, walk
 from tfcompress.quantization.gates import GatedQuantizer
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 from tfcompress.scheduling import (
@@ -23,6 +24,9 @@ MISSING_CALLBACK = missing_callback("quantization wrappers, whose phases (float,
 
 class PhasedQuantization(Scheduled):
     """Phase variables and their schedule, shared by the two layers below."""
+
+    # The phase variables: a wrapper made from a tfmot one has them fresh, not copied.
+    PHASE_WEIGHTS = ("qat_on", "qat_frozen")
 
     def _init_phases(self, start, freeze):
         self.start = validate_point(start, "start")
@@ -284,27 +288,7 @@ class ClusteredQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
 def find_quantization_layers(model):
     """Every phased quantization layer in `model`, nested ones included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, PhasedQuantization)]
-
-
-def copy_weights_by_name(old, new):
-    """Copies `old`'s weights into `new` by weight name; `new`'s phase variables may be new.
-
-    Wrappers of different classes order their variables differently (and
-    tfmot's cluster-preserving quantizers vary it between builds), so names,
-    not positions, pair them up.
-    """
-    values = {}
-    for variable in old.weights:
-        values.setdefault(weight_name(variable), variable.numpy())
-    targets = [v for v in new.weights if weight_name(v) in values]
-    missing = [weight_name(v) for v in new.weights if weight_name(v) not in values and weight_name(v) not in _PHASES]
-    if missing:
-        raise RuntimeError(f"No value for {missing} of layer {new.name!r} in layer {old.name!r}.")
-    keras.backend.batch_set_value([(v, values[weight_name(v)]) for v in targets])
-
-
-_PHASES = ("qat_on", "qat_frozen")
+    return walk(model, PhasedQuantization)
 
 
 def rebuilt_copy(layer, source):
@@ -314,7 +298,7 @@ def rebuilt_copy(layer, source):
     cluster-preserving quantizer counts the kernel's distinct values), so a
     wrapper must wrap a layer that already holds its trained weights.
     """
-    copy_ = layer.__class__.from_config(layer.get_config())
+    copy_ = fresh_copy(layer)
     # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
     with tf.name_scope(source.name):
         # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
