@@ -7,8 +7,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress._keras import check_model, keras
+from tfcompress._layers import walk
 from tfcompress.distillation import teacher_cache
-from tfcompress.distillation.losses import FINAL_OUTPUT, DistillationLoss, FeatureDistillation, LogitsDistillation
+from tfcompress.distillation.losses import (
+    FINAL_OUTPUT,
+    DistillationLoss,
+    FeatureDistillation,
+    LogitsDistillation,
+    at_least_float32,
+)
 from tfcompress.scheduling import Scheduled, check_value, is_scheduled, missing_callback, unknown_length
 
 DEFAULT_TEMPERATURE = 3.0
@@ -49,6 +56,12 @@ class Distiller(keras.Model, Scheduled):
     costs. A `tf.data.Dataset` may be augmented, so the teacher runs on every
     batch unless the dataset comes from `cache_teacher_outputs`. `fit` prints
     which of the two happens.
+
+    Mixed precision: under `mixed_float16` / `mixed_bfloat16` every loss is
+    computed in float32 (float16 logits are cast up), and a student that
+    computes in float16 trains with a `keras.mixed_precision.LossScaleOptimizer`
+    (`compile` wraps the optimizer, as tf_keras does under `mixed_float16`),
+    whose loss scaling and skipping of overflowing steps the train step uses.
 
     Saving: `distiller.save(path)` saves the *student* (what `predict` runs) and
     says so; save `tfc.strip(distiller.student)` for a plain model. The teacher
@@ -167,6 +180,8 @@ class Distiller(keras.Model, Scheduled):
 
         Arguments:
             optimizer: the optimizer that trains the student (and projections).
+                Wrapped in a `LossScaleOptimizer` when the student computes in
+                float16, whatever the global policy is now.
             loss: the student's supervised loss on the labels `y`. May be None
                 only when `alpha` is 0 (pure distillation, no labels needed).
             metrics: metrics of the student's predictions against `y`.
@@ -183,6 +198,10 @@ class Distiller(keras.Model, Scheduled):
             )
         object.__setattr__(self, "_has_student_loss", loss is not None)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        # tf_keras wraps it only when the Distiller's own policy is mixed_float16; what counts is the student's.
+        loss_scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        if _computes_in_float16(self.student) and not loss_scaled:
+            self.optimizer = keras.mixed_precision.LossScaleOptimizer(self.optimizer)
 
     def call(self, inputs, training=None, **kwargs):
         """The student's forward pass (what `predict` and `evaluate` run)."""
@@ -235,7 +254,7 @@ class Distiller(keras.Model, Scheduled):
         alpha = self._weight("alpha")
         with tf.GradientTape() as tape:
             student_features = self._student_features(x)
-            y_pred = student_features[FINAL_OUTPUT]
+            y_pred = at_least_float32(student_features[FINAL_OUTPUT])
             teacher_features = cached if cached is not None else self._teacher_features(x)
             terms = self._distillation_terms(teacher_features, student_features)
             weighted = [
@@ -249,8 +268,9 @@ class Distiller(keras.Model, Scheduled):
                 student_loss = tf.constant(0.0)
             total = _scaled(alpha, student_loss) + _scaled(1.0 - alpha, distillation_loss)
             if self.student.losses:
-                total += tf.add_n(self.student.losses)
+                total += tf.add_n([tf.cast(loss, total.dtype) for loss in self.student.losses])
             scaled = _scaled(1.0 / replicas, total)
+        # A LossScaleOptimizer's minimize scales the loss, unscales the gradients and skips non-finite steps.
         self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
 
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -278,7 +298,7 @@ class Distiller(keras.Model, Scheduled):
         """Evaluates the student on `(x, y)`: its compiled loss and metrics."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, _ = teacher_cache.unpack(x)
-        y_pred = self.student(x, training=False)
+        y_pred = at_least_float32(self.student(x, training=False))
         if y is not None and self._has_student_loss:
             self.compiled_loss(y, y_pred, sample_weight, regularization_losses=self.student.losses)
         if y is not None:
@@ -373,7 +393,7 @@ class Distiller(keras.Model, Scheduled):
             if y is None:
                 return  # no labels: train_step updates no compiled loss or metric
             output = self.student.outputs[0]
-            y_pred = tf.zeros([1, *output.shape[1:]], dtype=output.dtype)
+            y_pred = at_least_float32(tf.zeros([1, *output.shape[1:]], dtype=output.dtype))
             y_true = tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[:1]), y)
             if self._has_student_loss and not self.compiled_loss.built:
                 self.compiled_loss.build(y_pred)
@@ -563,6 +583,10 @@ def _scaled(factor, tensor):
     if isinstance(factor, (int, float)) and factor == 1:
         return tensor
     return factor * tensor
+
+
+def _computes_in_float16(model):
+    return any(layer.compute_dtype == "float16" for layer in walk(model))
 
 
 def _loss_label(loss):

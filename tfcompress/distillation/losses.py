@@ -13,6 +13,19 @@ from tfcompress.scheduling import check_value
 FINAL_OUTPUT = "final_output"
 
 _LOGITS_LOSSES = ("kl_divergence", "mse")
+_HALF_TYPES = (tf.float16, tf.bfloat16)
+
+
+def at_least_float32(tensor):
+    """`tensor` cast to float32 when it is float16 / bfloat16 (a mixed-precision output), else unchanged.
+
+    Losses are computed in float32 under a mixed policy: float16 overflows
+    above 65504 (a loss times LossScaleOptimizer's scale of 2**15 does), and
+    softmax with temperature loses the small probabilities that carry the
+    teacher's knowledge.
+    """
+    tensor = tf.convert_to_tensor(tensor)
+    return tf.cast(tensor, tf.float32) if tensor.dtype in _HALF_TYPES else tensor
 
 
 class DistillationLoss:
@@ -78,8 +91,9 @@ class LogitsDistillation(DistillationLoss):
             temperature: the current temperature (a scalar tensor or float).
 
         Returns:
-            A scalar tensor.
+            A scalar tensor, float32 for float16 / bfloat16 logits.
         """
+        student_outputs = at_least_float32(student_outputs)
         temperature = tf.cast(temperature, student_outputs.dtype)
         teacher_logits = tf.stop_gradient(tf.cast(teacher_outputs, student_outputs.dtype)) / temperature
         student_logits = student_outputs / temperature
@@ -145,7 +159,8 @@ class FeatureDistillation(DistillationLoss):
         """Mean of `loss` between teacher features and (projected) student features.
 
         Returns:
-            A scalar tensor.
+            A scalar tensor, float32 for float16 / bfloat16 features.
         """
+        student_outputs = at_least_float32(student_outputs)
         teacher_outputs = tf.stop_gradient(tf.cast(teacher_outputs, student_outputs.dtype))
         return tf.reduce_mean(self._loss_fn(teacher_outputs, student_outputs))
