@@ -324,3 +324,107 @@ def test_tfcompress_qat_pipeline_exports_to_edgetpu_without_calibration(digits, 
     assert result.inputs[0]["dtype"] == "uint8" and result.edgetpu.fully_mapped
     assert result.verification.keras_accuracy > 0.85
     assert abs(result.verification.accuracy_drop) <= 0.015
+
+
+def test_unstripped_prune_and_qat_model_exports_as_tfc_strip_gives_it(digits, tmp_path):
+    """A trained tfc.quantize(tfc.prune(...)) model, never stripped, exports fully integer at int8."""
+    import tfcompress as tfc
+
+    x_train, y_train, x_test, y_test = digits
+    model = compile_classifier(tfc.quantize(tfc.prune(dense_digits_model(width=64), 0.5), start=0.5))
+    model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(model, tmp_path / "unstripped.tflite", "int8", validation_data=(x_test, y_test),
+                                  latency_runs=0)
+    assert result.stripped == ["pruning", "quantization"] and result.quantization_aware
+    assert result.calibration_samples == 0
+    assert "compression wrappers (pruning, quantization) with tfcompress.strip before conversion" in str(result)
+    assert result.report.fully_integer and result.inputs[0]["dtype"] == "float32"
+    assert result.verification.keras_accuracy > 0.8
+    assert abs(result.verification.accuracy_drop) <= 0.015
+    # The raw LiteRT API agrees with the verification.
+    assert _litert_accuracy(result.path, x_test[:120], y_test[:120]) == pytest.approx(
+        tflite_export.verify(result.path, x_test[:120], y_test[:120], latency_runs=0).tflite_accuracy)
+    # The same file as exporting the user's own tfc.strip(model).
+    stripped = tflite_export.export(tfc.strip(model), tmp_path / "stripped.tflite", "int8", latency_runs=0)
+    assert stripped.stripped == [] and stripped.quantization_aware
+    assert open(stripped.path, "rb").read() == open(result.path, "rb").read()
+
+
+def test_no_fp32_reference_without_latency_and_conversion_time_is_reported(digits_cnn, digits, tmp_path,
+                                                                            monkeypatch):
+    import sys
+
+    convert_module = sys.modules["tflite_export.convert"]
+    real, calls = convert_module.convert_to_bytes, []
+
+    def counting(model, precision, *args, **kwargs):
+        calls.append(precision)
+        return real(model, precision, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "convert_to_bytes", counting)
+    _, _, x_test, y_test = digits
+    model = keras.models.clone_model(digits_cnn)  # a model no earlier export cached a reference for
+    model.set_weights(digits_cnn.get_weights())
+    result = tflite_export.export(model, tmp_path / "m.tflite", "dynamic", validation_data=(x_test, y_test),
+                                  latency_runs=0)
+    assert calls == ["dynamic"]  # no FP32 reference conversion
+    assert result.verification.latency_ms is None and result.verification.fp32_latency_ms is None
+    assert result.verification.tflite_accuracy > 0.85 and result.verification.agreement_with == "keras"
+    assert not any("fp32 latency" in note for note in result.notes)
+    assert 0 < result.conversion_seconds < 600
+    row = next(line for line in str(result).splitlines() if line.startswith("conversion time"))
+    assert row.endswith(f"{result.conversion_seconds:.2f} s")
+    assert json.loads(result.to_json())["conversion_seconds"] == result.conversion_seconds
+    timed = tflite_export.export(model, tmp_path / "t.tflite", "dynamic", validation_data=(x_test, y_test),
+                                 latency_runs=3)
+    assert calls == ["dynamic", "dynamic", "fp32"] and timed.verification.fp32_latency_ms > 0
+    assert timed.conversion_seconds > 0
+
+
+_QUIET_EXPORT = """
+import json, sys
+sys.path.insert(0, TESTS_DIR)
+from conftest import cnn_digits_model
+import tflite_export
+from tfcompress.demo import load_digits
+
+(x_train, y_train), (x_test, y_test) = load_digits()
+model = cnn_digits_model()
+print("EXPORT STARTS", flush=True)
+print("EXPORT STARTS", file=sys.stderr, flush=True)
+result = tflite_export.export(model, OUTPUT, "int8", representative_data=x_train[:64],
+                              validation_data=(x_test[:32], y_test[:32]), latency_runs=3, verbose=VERBOSE)
+print("EXPORT ENDS", flush=True)
+print("EXPORT ENDS", file=sys.stderr, flush=True)
+print("RESULT " + json.dumps({"fully_integer": result.report.fully_integer}))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_export_hides_the_converters_log_unless_verbose(tmp_path):
+    """A real export in a fresh process: between its first and last line, only what export prints."""
+    import subprocess
+    import sys
+
+    from fresh_process import TESTS_DIR
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # TensorFlow's default level: everything is logged
+    processes = {}
+    for verbose in (False, True):
+        script = (_QUIET_EXPORT.replace("TESTS_DIR", repr(TESTS_DIR))
+                  .replace("OUTPUT", repr(str(tmp_path / f"m_{verbose}.tflite"))).replace("VERBOSE", str(verbose)))
+        processes[verbose] = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, env=env)
+    during = {}
+    for verbose, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        assert '"fully_integer": true' in stdout
+
+        def between(text):
+            return text.split("EXPORT STARTS\n", 1)[1].split("EXPORT ENDS\n", 1)[0]
+
+        during[verbose] = between(stdout) + between(stderr)
+    assert during[False] == ""
+    for marker in ("Reading SavedModel from", "tf_tfl_flatbuffer_helpers.cc", "fully_quantize:", "XNNPACK delegate"):
+        assert marker in during[True], marker

@@ -150,3 +150,18 @@ def test_verify_names_the_fix_when_keras_model_is_not_a_model(exported_digits, d
     _, _, x_test, y_test = digits
     with pytest.raises(TypeError, match=r"got str.*load_keras_model\(path\)"):
         tflite_export.verify(exported_digits["fp32"].path, x_test, y_test, keras_model="digits.keras", latency_runs=0)
+
+
+def test_a_failed_conversion_carries_the_converters_log_and_prints_nothing(tmp_path, capfd):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Lambda(lambda t: tf.math.bessel_i0e(t))(inputs)  # no TFLite builtin, no int8 kernel
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    capfd.readouterr()
+    with pytest.raises(tflite_export.ConversionError) as error:
+        tflite_export.export(model, tmp_path / "m.tflite", "fp32")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # the converter's C++ log did not reach the console...
+    assert "BesselI0e" in error.value.converter_log  # ...it is in the error, which ends with its tail
+    assert str(error.value).endswith(error.value.converter_log)
+    assert "Last lines of the TFLite converter's log" in str(error.value)
+    assert _files(tmp_path) == []

@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import warnings
 import weakref
 import zipfile
@@ -11,6 +12,7 @@ import zipfile
 import numpy as np
 
 from tflite_export._atomic import atomic_write_bytes, check_writable
+from tflite_export._quiet import quiet
 from tflite_export.edgetpu import mapping_report
 from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, RepresentativeDataError
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
@@ -143,37 +145,45 @@ def _check_model(model):
     return False
 
 
-def _wrapper_kinds(model):
-    """Which tfmot wrappers the model still carries: pruning, clustering, quantization."""
-    from tfcompress._tfmot import ClusterWeights, PruneLowMagnitude, QuantizeLayer, QuantizeWrapper
+def _compression_kinds(model):
+    """Which compression wrappers `tfc.strip` would remove: pruning, clustering, quantization.
 
-    kinds = set()
-    for layer in model.submodules:
-        if isinstance(layer, PruneLowMagnitude):  # subclasses (tfcompress's own) included
-            kinds.add("pruning")
-        elif isinstance(layer, ClusterWeights):
-            kinds.add("clustering")
-        elif isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
-            kinds.add("quantization")
+    "quantization" means tfcompress's phased QAT layers; tfmot's standard quantization
+    layers (what `tfc.strip` leaves, with their learned ranges) need no stripping.
+    """
+    from tfcompress._tfmot import ClusterWeights, PruneLowMagnitude
+    from tfcompress.quantization import QuantizeInput, QuantizeWrapper
+
+    kinds = []
+    for kind, classes in (("pruning", PruneLowMagnitude), ("clustering", ClusterWeights),
+                          ("quantization", (QuantizeWrapper, QuantizeInput))):
+        if any(isinstance(layer, classes) for layer in model.submodules):  # subclasses included
+            kinds.append(kind)
     return kinds
 
 
-def _strip(model, notes):
-    from tfcompress._tfmot import tfmot
+def _is_quantization_aware(model):
+    from tfcompress._tfmot import QuantizeLayer, QuantizeWrapper
 
-    kinds = _wrapper_kinds(model)
-    stripped = []
-    if "pruning" in kinds:
-        model = tfmot.sparsity.keras.strip_pruning(model)
-        stripped.append("pruning")
-    if "clustering" in kinds:
-        model = tfmot.clustering.keras.strip_clustering(model)
-        stripped.append("clustering")
-    for kind in stripped:
-        message = f"stripped {kind} wrappers before conversion (weights kept, wrappers removed)"
+    return any(isinstance(layer, (QuantizeWrapper, QuantizeLayer)) for layer in model.submodules)
+
+
+def _strip_for_conversion(model, notes):
+    """`tfc.strip(model)` when it carries compression wrappers, so export converts what the user's strip gives.
+
+    Returns:
+        `(model, stripped kinds, quantization_aware)`.
+    """
+    kinds = _compression_kinds(model)
+    if kinds:
+        import tfcompress
+
+        model = tfcompress.strip(model)
+        message = (f"stripped {' and '.join(kinds)} wrappers before conversion with tfcompress.strip "
+                   "(the model tfc.strip(model) gives)")
         logger.info(message)
         notes.append(message)
-    return model, stripped, "quantization" in kinds
+    return model, kinds, _is_quantization_aware(model)
 
 
 # The FP32 reference flatbuffer of each model exported in this process, with its weights' digest:
@@ -280,7 +290,7 @@ def _converter(model, precision, samples, io_dtype, sparse):
     return converter
 
 
-def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False):
+def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False, *, verbose=False):
     """Runs the TFLite converter once and returns flatbuffer bytes (no file, no checks).
 
     Arguments:
@@ -289,34 +299,46 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False
         samples: float32 calibration samples for int8/int16x8/edgetpu (None for QAT models).
         io_dtype: `None`/"float32", "int8", "uint8" or "int16" IO (see `export`).
         sparse: apply the converter's sparse encoding.
+        verbose: show the converter's own log instead of capturing it.
 
     Returns:
         The flatbuffer bytes.
+
+    Raises:
+        ConversionError / EdgeTPUCompatibilityError: the converter failed; the error
+            ends with the last lines of the converter's log.
 
     Example:
 
     >>> content = convert_to_bytes(model, "fp16")
     """
-    converter = _converter(model, precision, samples, io_dtype, sparse)
-    try:
-        with warnings.catch_warnings():
-            # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-            return converter.convert()
-    except Exception as e:
-        message = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in message if "error" in line.lower())[:1500] or str(e)[:1500]
-        if precision == "edgetpu":
-            raise EdgeTPUCompatibilityError(
-                "The model cannot be converted with every op in int8, which the Edge TPU requires: "
-                f"{detail}. Replace the layers named there with int8-capable ones (Conv2D, "
-                "DepthwiseConv2D, Dense, pooling, ReLU/ReLU6, Add, Concatenate, Reshape)."
-            ) from e
-        if precision == "int8":
-            raise ConversionError(
-                f"Full-integer conversion failed: {detail}. Some op has no int8 kernel; use "
-                "precision='dynamic' or 'fp16', or replace that layer.") from e
-        raise ConversionError(f"The TFLite converter failed for precision {precision!r}: {detail}") from e
+    with quiet(verbose) as log:
+        converter = _converter(model, precision, samples, io_dtype, sparse)
+        start = log.mark()
+        try:
+            with warnings.catch_warnings():
+                # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
+                warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+                return converter.convert()
+        except Exception as e:
+            error = _conversion_error(e, precision)
+            error.converter_log = log.tail(since=start)
+            raise error from e
+
+
+def _conversion_error(e, precision):
+    message = str(e).strip().splitlines()
+    detail = " ".join(line.strip() for line in message if "error" in line.lower())[:1500] or str(e)[:1500]
+    if precision == "edgetpu":
+        return EdgeTPUCompatibilityError(
+            "The model cannot be converted with every op in int8, which the Edge TPU requires: "
+            f"{detail}. Replace the layers named there with int8-capable ones (Conv2D, "
+            "DepthwiseConv2D, Dense, pooling, ReLU/ReLU6, Add, Concatenate, Reshape).")
+    if precision == "int8":
+        return ConversionError(
+            f"Full-integer conversion failed: {detail}. Some op has no int8 kernel; use "
+            "precision='dynamic' or 'fp16', or replace that layer.")
+    return ConversionError(f"The TFLite converter failed for precision {precision!r}: {detail}")
 
 
 def _check_edgetpu(content):
@@ -345,13 +367,15 @@ def _validation_arrays(validation_data):
 def export(model, path, precision="fp32", representative_data=None, validation_data=None, *,
            max_calibration_samples=256, io_dtype=None, sparse="auto", metadata=None,
            num_threads=1, latency_runs=100, min_accuracy=None, max_accuracy_drop=None,
-           custom_objects=None):
+           custom_objects=None, verbose=False):
     """Converts a tf_keras model to a `.tflite` file, verifies it on LiteRT, writes it atomically.
 
     Arguments:
         model: a tf_keras model, or the path of one (`.keras`, `.h5`, SavedModel directory).
-            Pruning and clustering wrappers are stripped first (logged); QAT wrappers are
-            kept so their learned ranges are used. A Keras 3 model (or a `.keras`/`.h5`
+            A model with tfcompress/tfmot pruning or clustering wrappers, or tfcompress's
+            QAT layers, is converted as `tfcompress.strip(model)` gives it (`result.stripped`
+            names what was stripped); tfmot's standard QAT layers are kept so their learned
+            ranges are used. A Keras 3 model (or a `.keras`/`.h5`
             file Keras 3 wrote) with defined inputs is converted as is.
         path: destination `.tflite` file. Written only after every check passed; an
             existing file there is replaced in one atomic rename, and a failed export
@@ -365,7 +389,8 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             for a QAT model at int8/edgetpu.
         validation_data: `(x, y)`; when given, the flatbuffer runs on LiteRT and the result
             reports its accuracy next to Keras', top-1 agreement, max abs output difference
-            and median 1-thread latency next to the FP32 flatbuffer's.
+            and median 1-thread latency next to the FP32 flatbuffer's (the FP32 reference is
+            converted only when latency is measured).
         max_calibration_samples: at most this many representative samples are used.
         io_dtype: input/output type: int8 accepts `"int8"`/`"uint8"`, edgetpu `"uint8"`
             (default) or `"int8"`, int16x8 `"int16"`; float elsewhere.
@@ -378,6 +403,8 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         min_accuracy / max_accuracy_drop: verification thresholds; when missed,
             `VerificationError` is raised and no file is written.
         custom_objects: for loading a model path with custom layers.
+        verbose: show TensorFlow's, the converter's and LiteRT's logs. By default they are
+            captured, and a failed conversion's error ends with the converter's last lines.
 
     Returns:
         An `ExportResult`: `print(result)` for a table, `result.to_json()` for scripts.
@@ -404,6 +431,18 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if sparse not in ("auto", True, False):
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
     path = check_writable(path)  # before the conversion, which takes seconds
+    with quiet(verbose):
+        return _export(model, path, precision, representative_data, validation_data,
+                       max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
+                       metadata=metadata, num_threads=num_threads, latency_runs=latency_runs,
+                       min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
+                       custom_objects=custom_objects)
+
+
+def _export(model, path, precision, representative_data, validation_data, *, max_calibration_samples,
+            io_dtype, sparse, metadata, num_threads, latency_runs, min_accuracy, max_accuracy_drop,
+            custom_objects):
+    """`export` after its arguments were checked, inside one `quiet` block."""
     if isinstance(model, (str, os.PathLike)):
         model = load_keras_model(model, custom_objects)
     original = model
@@ -412,7 +451,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         stripped, qat = [], False
         notes.append("Keras 3 model converted as is (tfcompress's compression wrappers need tf_keras)")
     else:
-        model, stripped, qat = _strip(model, notes)
+        model, stripped, qat = _strip_for_conversion(model, notes)
 
     samples = None
     if precision in _CALIBRATED:
@@ -426,7 +465,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     elif representative_data is not None:
         notes.append(f"representative_data ignored: {precision} needs no calibration")
 
+    started = time.perf_counter()
     content = convert_to_bytes(model, precision, samples, io_dtype)
+    conversion_seconds = time.perf_counter() - started
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
     sparsity = weight_sparsity(model)
     if sparse is False:
@@ -436,7 +477,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     elif sparsity < SPARSE_THRESHOLD and sparse == "auto":
         sparse_state = f"not sparse ({sparsity:.0%} zero weights)"
     else:
+        started = time.perf_counter()
         sparse_content = convert_to_bytes(model, precision, samples, io_dtype, sparse=True)
+        conversion_seconds += time.perf_counter() - started
         sparse_bytes = len(sparse_content)
         if sparse_bytes >= dense_bytes:
             sparse_state = "not smaller; dense kept"
@@ -467,7 +510,10 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     verification = None
     if validation_data is not None:
         x, y = _validation_arrays(validation_data)
-        reference = content if precision == "fp32" else _fp32_reference(original, model, qat, notes)
+        # The FP32 reference only times the export: without latency runs it is not converted.
+        reference = None
+        if latency_runs:
+            reference = content if precision == "fp32" else _fp32_reference(original, model, qat, notes)
         verification = compare(content, x, y, keras_model=model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
@@ -482,5 +528,5 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         verification=verification, edgetpu=edgetpu,
         calibration_samples=0 if samples is None else len(samples), stripped=stripped,
         quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
-        sparse_bytes=sparse_bytes, notes=notes,
+        sparse_bytes=sparse_bytes, conversion_seconds=conversion_seconds, notes=notes,
     )

@@ -143,7 +143,8 @@ def read_flatbuffer(path):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise InvalidModelFileError(f"{path} does not exist. Check the path, or export it first with tflite_export.export().")
+        raise InvalidModelFileError(
+            f"{path} does not exist. Check the path, or export it first with tflite_export.export().")
     if os.path.isdir(path):
         raise InvalidModelFileError(f"{path} is a directory; pass the .tflite file inside it.")
     with open(path, "rb") as f:

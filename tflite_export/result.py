@@ -211,11 +211,14 @@ class ExportResult:
         verification: a `VerificationResult` when `validation_data` was given, else None.
         edgetpu: an `EdgeTPUReport` for the `edgetpu` precision, else None.
         calibration_samples: number of representative samples used (0 when none).
-        stripped: wrappers removed before conversion, e.g. `["pruning"]`.
+        stripped: the compression wrappers `tfcompress.strip` removed before conversion, e.g.
+            `["pruning", "quantization"]` (empty, so falsy, when the model needed no stripping).
         quantization_aware: True when the model carried QAT ranges (no calibration needed).
         sparse_encoding: `"used"`, `"off"`, `"not sparse"` or why it was not used.
         dense_bytes: size without sparse encoding (equals `bytes` unless sparse was used).
         sparse_bytes: size with sparse encoding when it was tried, else None.
+        conversion_seconds: wall time the TFLite converter took for this file (the sparse
+            variant included when tried; the FP32 latency reference and verification not).
         notes: human-readable log of decisions taken during the export.
     """
 
@@ -231,6 +234,7 @@ class ExportResult:
     dense_bytes: int = None
     sparse_bytes: int = None
     notes: list = field(default_factory=list)
+    conversion_seconds: float = None
 
     @property
     def bytes(self):
@@ -258,7 +262,8 @@ class ExportResult:
             "gzip_bytes": self.gzip_bytes, "calibration_samples": self.calibration_samples,
             "stripped": self.stripped, "quantization_aware": self.quantization_aware,
             "sparse_encoding": self.sparse_encoding, "dense_bytes": self.dense_bytes,
-            "sparse_bytes": self.sparse_bytes, "notes": self.notes,
+            "sparse_bytes": self.sparse_bytes, "conversion_seconds": self.conversion_seconds,
+            "notes": self.notes,
             "model": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
             "edgetpu": self.edgetpu.to_dict() if self.edgetpu else None,
@@ -281,8 +286,10 @@ class ExportResult:
                                             f"sparse {self.sparse_bytes:,} B)"))
         rows += [
             ("calibration samples", self.calibration_samples or None),
-            ("stripped wrappers", ", ".join(self.stripped) or None),
+            ("stripped", f"compression wrappers ({', '.join(self.stripped)}) with tfcompress.strip before conversion"
+             if self.stripped else None),
             ("quantization-aware", "yes" if self.quantization_aware else None),
+            ("conversion time", None if self.conversion_seconds is None else f"{self.conversion_seconds:.2f} s"),
         ]
         if self.verification:
             rows += self.verification.rows()

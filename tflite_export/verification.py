@@ -7,6 +7,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_export._cpu import cpu_description
+from tflite_export._quiet import quiet
 from tflite_export.errors import InvalidModelFileError
 from tflite_export.flatbuffer import parse_flatbuffer, read_flatbuffer
 from tflite_export.result import VerificationResult
@@ -114,7 +115,8 @@ def run_flatbuffer(content, x, num_threads=1, batch_size=256):
     x = np.asarray(x, dtype=np.float32)
     expected = tuple(int(d) for d in inp["shape"][1:])
     if x.shape[1:] != expected:
-        raise ValueError(f"x has examples shaped {x.shape[1:]}, but the model's input is (batch, {', '.join(map(str, expected))}).")
+        raise ValueError(f"x has examples shaped {x.shape[1:]}, but the model's input is "
+                         f"(batch, {', '.join(map(str, expected))}).")
     dynamic_batch = int(inp["shape_signature"][0]) == -1
     step = batch_size if dynamic_batch else int(inp["shape"][0])
     results = []
@@ -238,7 +240,7 @@ def compare(content, x, y=None, *, keras_model=None, reference_content=None, num
 
 
 def verify(path, x, y=None, *, keras_model=None, reference=None, num_threads=1, latency_runs=100,
-           min_accuracy=None, max_accuracy_drop=None):
+           min_accuracy=None, max_accuracy_drop=None, verbose=False):
     """Runs an existing `.tflite` file on LiteRT and reports how it behaves.
 
     Arguments:
@@ -253,6 +255,7 @@ def verify(path, x, y=None, *, keras_model=None, reference=None, num_threads=1, 
         latency_runs: timed single-example invokes (0 skips latency).
         min_accuracy: raise `VerificationError` below this TFLite accuracy.
         max_accuracy_drop: raise `VerificationError` when Keras minus TFLite accuracy exceeds it.
+        verbose: show LiteRT's and TensorFlow's own log lines (captured by default).
 
     Returns:
         A `VerificationResult` (printable table, `to_json()`).
@@ -269,6 +272,7 @@ def verify(path, x, y=None, *, keras_model=None, reference=None, num_threads=1, 
     if reference is not None:
         reference_content = read_flatbuffer(reference)
         parse_flatbuffer(reference_content, source=os.fspath(reference))
-    result = compare(content, x, y, keras_model=keras_model, reference_content=reference_content,
-                     num_threads=num_threads, latency_runs=latency_runs)
+    with quiet(verbose):
+        result = compare(content, x, y, keras_model=keras_model, reference_content=reference_content,
+                         num_threads=num_threads, latency_runs=latency_runs)
     return result.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
