@@ -6,6 +6,7 @@ from tfcompress._tfmot import tfmot
 from tfcompress._keras import check_model
 from tfcompress._layers import clone_with_weights
 from tfcompress.clustering.wrapper import find_cluster_wrappers
+from tfcompress.pruning.channels import is_channel_pruned, strip_channels
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.strip import strip_quantization
 from tfcompress.quantization.wrappers import find_quantization_layers
@@ -40,6 +41,8 @@ def strip(model):
     ```
     """
     check_model(model, "tfc.strip")
+    if is_channel_pruned(model):
+        return strip_channels(model)
     # In the model's strategy scope: outside it, a mirrored kernel cannot be assigned (MirroredStrategy).
     with model.distribute_strategy.scope():
         for wrapper in find_pruning_wrappers(model):

@@ -6,6 +6,7 @@ from tfcompress._tfmot import prunable_layer, prune_registry, pruning_wrapper
 from tfcompress._keras import check_model
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import report_metric
+from tfcompress.pruning.channels import prune_channels
 from tfcompress.pruning.schedules import SCHEDULES, ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
 
@@ -64,6 +65,7 @@ def prune(
     m_by_n=None,
     layers=None,
     layer_sparsity=None,
+    structure=None,
 ):
     """Returns a copy of `model` whose layers are pruned by magnitude during `fit`.
 
@@ -96,6 +98,9 @@ def prune(
             classes, or a predicate `layer -> bool`.
         layer_sparsity: per-layer targets, `{name or layer class: sparsity}`,
             overriding `final_sparsity` for those layers.
+        structure: None or "unstructured" (single weights, above), or
+            "channels": whole output channels are masked and `tfc.strip`
+            removes them (see `tfc.pruning.channels.prune_channels`).
 
     Returns:
         A new tf_keras model with pruning wrappers (compile it before `fit`).
@@ -109,6 +114,12 @@ def prune(
     final = tfc.strip(pruned)
     ```
     """
+    if structure not in (None, "unstructured"):
+        return prune_channels(
+            model, final_sparsity, structure=structure, initial_sparsity=initial_sparsity, begin=begin,
+            end=end, schedule=schedule, power=power, frequency=frequency, m_by_n=m_by_n, layers=layers,
+            layer_sparsity=layer_sparsity,
+        )
     check_model(model, "tfc.prune")
     if m_by_n is not None:
         m, n = _check_m_by_n(m_by_n)
