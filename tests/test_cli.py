@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 import tflite_export
-from tfcompress import cli
+from fresh_process import run as run_fresh
 from tfcompress._keras import keras
+from tflite_export import cli
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +185,88 @@ def test_op_failure_and_missed_threshold_exit_1(files, digits, tmp_path, capsys)
 
 
 def test_console_entry_point_exit_codes(files):
-    """The real process: absl's app.run path, as scripts see it."""
+    """The real process, as scripts see it; the installed `tfcompress` script runs the same `run`."""
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts["tfcompress"] == "tflite_export.cli:run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     path = files / "entry_point_int8.tflite"
     tflite_export.export(str(files / "digits.keras"), path, "int8",
                          representative_data=np.load(files / "calibration.npz")["x"])
-    ok = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", str(path), "--json"],
+    ok = subprocess.run([sys.executable, "-m", "tflite_export.cli", "inspect", str(path), "--json"],
                         capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["fully_integer"] is True
-    bad = subprocess.run([sys.executable, "-m", "tfcompress.cli", "export", "m.keras", "--precision", "int4"],
+    bad = subprocess.run([sys.executable, "-m", "tflite_export.cli", "export", "m.keras", "--precision", "int4"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "int16x8" in bad.stderr
+
+
+def test_each_subcommand_takes_only_its_own_flags(files, capsys):
+    path = files / "flags_fp32.tflite"
+    assert run(capsys, "export", files / "digits.keras", "--output", path, "--latency-runs", "0")[0] == 0
+    code, out, err = run(capsys, "inspect", path, "--precision", "edgetpu", "--labels", "nope.txt",
+                         "--min_accuracy", "0.99")
+    assert code == 2 and out == ""
+    assert "usage: tfcompress inspect FILE.tflite" in err
+    assert "--precision edgetpu --labels nope.txt --min_accuracy 0.99" in err
+    for args, flag in [
+        (["export", files / "digits.keras", "--data", files / "validation.npz"], "--data"),
+        (["export", files / "digits.keras", "--edgetpu"], "--edgetpu"),
+        (["verify", path, "--data", files / "validation.npz", "--precision", "int8"], "--precision"),
+        (["inspect", path, "--verbose"], "--verbose"),
+    ]:
+        code, _, err = run(capsys, *args)
+        assert code == 2 and f"usage: tfcompress {args[0]}" in err and flag in err, (args, err)
+    # Both spellings of a multi-word flag, and no abbreviations.
+    code, _, err = run(capsys, "verify", path, "--data", files / "validation.npz", "--min-accuracy", "0.9999",
+                       "--latency-runs", "0")
+    assert code == 1 and "min_accuracy" in err
+    code, _, err = run(capsys, "verify", path, "--data", files / "validation.npz", "--min_acc", "0.5")
+    assert code == 2 and "--min_acc" in err
+    code, out, _ = run(capsys, "export", "--help")
+    assert code == 0 and "--calibration" in out and "--reference" not in out and "--edgetpu" not in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("tfcompress ")
+
+
+def test_inspect_imports_neither_tensorflow_nor_tfcompress_and_registers_no_flags(files):
+    """What keeps `tfcompress inspect` fast: a fresh process never imports TensorFlow for it."""
+    path = files / "fresh_fp32.tflite"
+    tflite_export.export(str(files / "digits.keras"), path, "fp32")
+    result = run_fresh("""
+import json, sys
+import tflite_export.cli as cli
+code = cli.execute(["tfcompress", "inspect", PATH, "--json"])
+from absl import flags
+print("RESULT " + json.dumps({"code": code, "flags": list(flags.FLAGS),
+                              "tensorflow": "tensorflow" in sys.modules, "tfcompress": "tfcompress" in sys.modules}))
+""", timeout=120, PATH=repr(str(path)))
+    assert result == {"code": 0, "flags": [], "tensorflow": False, "tfcompress": False}
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_export_prints_only_its_result_unless_verbose(files):
+    """In a real process the converter's C++ log and LiteRT's lines stay hidden; --verbose shows them."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # TensorFlow's default: everything would be logged
+    processes = {
+        verbose: subprocess.Popen(
+            [sys.executable, "-m", "tflite_export.cli", "export", str(files / "digits.keras"), "--precision", "int8",
+             "--calibration", str(files / "calibration.npz"), "--validation", str(files / "validation.npz"),
+             "--output", str(files / f"quiet_{verbose}.tflite"), "--latency_runs", "3", "--json"]
+            + (["--verbose"] if verbose else []),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for verbose in (False, True)
+    }
+    output = {verbose: process.communicate(timeout=300) for verbose, process in processes.items()}
+    markers = ("Reading SavedModel from", "tf_tfl_flatbuffer_helpers.cc", "fully_quantize:",
+               "XNNPACK delegate", "cuda")
+    for verbose, (stdout, stderr) in output.items():
+        assert processes[verbose].returncode == 0, stderr[-3000:]
+        assert json.loads(stdout)["model"]["fully_integer"]  # stdout holds the result and nothing else
+    quiet_stdout, quiet_stderr = output[False]
+    assert quiet_stderr == ""
+    for marker in markers:
+        assert marker not in quiet_stdout + quiet_stderr, marker
+        assert marker in output[True][1], marker
