@@ -70,26 +70,34 @@ class _Divert(logging.Filter):
 class CapturedLog:
     """The log captured by one `quiet()` block (empty when the block was verbose)."""
 
-    def __init__(self, path=None):
-        self.path = path
+    def __init__(self, fd=None):
+        self.fd = fd  # the log file, open for reading and appending; None when nothing is captured
 
     def mark(self):
         """The current end of the log: pass it to `tail(since=...)` to read what came after."""
-        if self.path is None:
+        if self.fd is None:
             return 0
         _flush_python_streams()
         _flush_c_stdio()
-        return os.path.getsize(self.path)
+        return os.fstat(self.fd).st_size
 
     def text(self, since=0):
         """Everything captured after byte offset `since`."""
-        if self.path is None:
+        if self.fd is None:
             return ""
-        _flush_python_streams()
-        _flush_c_stdio()
-        with open(self.path, "rb") as f:
-            f.seek(since)
-            return f.read().decode("utf-8", errors="replace")
+        end = self.mark()
+        chunks = []
+        while since < end:
+            if hasattr(os, "pread"):
+                chunk = os.pread(self.fd, end - since, since)
+            else:  # Windows: seeking is harmless, every write appends (O_APPEND)
+                os.lseek(self.fd, since, os.SEEK_SET)
+                chunk = os.read(self.fd, end - since)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            since += len(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def tail(self, lines=40, since=0):
         """The last `lines` non-empty lines captured after `since`, as one string."""
@@ -131,7 +139,12 @@ def quiet(verbose=False):
     handle, path = tempfile.mkstemp(prefix="tflite_export_", suffix=".log")
     os.close(handle)
     # O_APPEND: every writer (C++, Python, loggers) appends, so reading the log never moves a write.
-    log_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    log_fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        os.unlink(path)  # POSIX keeps the open file; nothing is left behind even if the process is killed
+        path = None
+    except OSError:  # Windows cannot remove an open file: removed when the block ends
+        pass
     stream = io.TextIOWrapper(os.fdopen(os.dup(log_fd), "wb"), encoding="utf-8", errors="replace",
                               line_buffering=True)
     divert = _Divert(stream)
@@ -147,7 +160,7 @@ def quiet(verbose=False):
             os.close(saved)
         saved_fds = {}
     saved_streams = sys.stdout, sys.stderr
-    captured = CapturedLog(path)
+    captured = CapturedLog(log_fd)
     try:
         for fd in saved_fds:
             os.dup2(log_fd, fd)
@@ -167,11 +180,12 @@ def quiet(verbose=False):
             os.dup2(saved, fd)
             os.close(saved)
         stream.close()
+        captured.fd = None
         os.close(log_fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        captured.path = None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         for record in divert.own_records:
             logging.getLogger(record.name).handle(record)
