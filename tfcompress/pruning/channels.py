@@ -155,6 +155,7 @@ class ChannelPruned(keras.Model, Scheduled):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         object.__setattr__(self, "_constrained", self._install_constraints())
+        object.__setattr__(self, "_apply_function", None)
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -184,8 +185,14 @@ class ChannelPruned(keras.Model, Scheduled):
 
     def apply_masks(self):
         """Zeroes the weights of masked channels now (the optimizer does it after each step)."""
-        for variable, constraint in self._constrained:
-            variable.assign(constraint(variable))
+        if self._apply_function is None:
+            # One traced function: a few hundred eager assigns would cost more than the batch.
+            def apply():
+                for variable, constraint in self._constrained:
+                    variable.assign(constraint(variable))
+
+            object.__setattr__(self, "_apply_function", tf.function(apply, autograph=False))
+        self._apply_function()
 
     @property
     def kept(self):
@@ -415,8 +422,8 @@ def prune_channels(
         layers: which groups to prune: names, classes or a predicate over
             layers; a group is pruned when one of its producing layers
             (the Conv / Dense whose filters are its channels) is chosen.
-        layer_sparsity: `{name or layer class: sparsity}`; applies to the
-            group holding that layer.
+        layer_sparsity: `{name or layer class: sparsity}` for the group a
+            producing layer belongs to.
         importance: "l2" (default) or "l1" norm of the filters.
 
     Returns:
@@ -472,14 +479,11 @@ def prune_channels(
         )
 
     targets = {}
-    in_groups = {}
     for group in graph.prunable_groups:
-        for name in group.layers + group.producers:
-            in_groups[name] = group
         if chosen is not None and not any(chosen(by_name[n]) for n in group.producers if n in by_name):
             continue
-        members = [by_name[n] for n in dict.fromkeys(group.producers + group.layers) if n in by_name]
-        explicit = _explicit_targets(members, layer_sparsity)
+        producers = [by_name[n] for n in group.producers if n in by_name]
+        explicit = _explicit_targets(producers, layer_sparsity)
         if len(set(explicit.values())) > 1:
             raise ValueError(
                 f"`layer_sparsity` gives different targets {explicit} to layers whose channels are "
@@ -496,14 +500,16 @@ def prune_channels(
             )
         targets[group.name] = target
 
-    unprunable = {name: g for g in left_whole for name in g.layers + g.producers}
+    # Names choose groups through the layers whose filters the channels are.
+    producing = {name for g in graph.prunable_groups for name in g.producers}
+    unprunable = {name: g for g in left_whole for name in g.producers}
     for name in sorted(named_layers(layers) | {k for k in (layer_sparsity or {}) if isinstance(k, str)}):
-        if name in unprunable and name not in in_groups:
+        if name in unprunable:
             raise ValueError(f"Layer {name!r} cannot be channel-pruned: {unprunable[name].reason}.")
-        if name not in unprunable and name not in in_groups:
+        if name not in producing:
             raise ValueError(
-                f"Layer {name!r} has no channels to prune (only Conv, Dense, SeparableConv layers and the "
-                "layers coupled to them are sliced)."
+                f"Layer {name!r} has no output channels of its own to prune: name the Conv, Dense or "
+                "SeparableConv layer whose filters feed it (its group is pruned with that layer)."
             )
     if not targets:
         raise ValueError("`layers=` chose none of the model's prunable channel groups: nothing would be pruned.")
