@@ -1,13 +1,22 @@
-"""The one place that decides which Keras tfcompress uses.
+"""The one place that decides which Keras a model belongs to.
 
 tfmot 0.8 wraps only Keras 2 (`tf_keras`) models, while `import keras` and
-`tf.keras` are Keras 3 in TensorFlow >= 2.16. Every other module imports
-`keras` from here, so moving to a Keras 3 bridge later is a one-file change.
+`tf.keras` are Keras 3 in TensorFlow >= 2.16. tfcompress takes both: tf_keras
+models get tfmot's wrapper layers, Keras 3 models get serializable weight
+constraints (`tfcompress/*/constraints.py`). `generation(model)` says which
+path a model takes; every other module imports tf_keras as `keras` and Keras 3
+as `keras3` from here.
 """
 
+import keras as keras3
 import tf_keras as keras
+from keras.src.models.functional import Functional
 
 KERAS_PACKAGE = "tf_keras"
+TF_KERAS = "tf_keras"
+KERAS3 = "keras3"
+# Keras 3 backends whose compiled train step applies variable constraints and that tfcompress drives.
+KERAS3_BACKENDS = ("tensorflow", "jax")
 
 _BUILD_HINT = (
     "tfcompress builds on tfmot, which works on tf_keras (Keras 2) models. "
@@ -75,3 +84,137 @@ def check_model(model, caller, allow_subclassed=False):
             )
         )
     return model
+
+
+def _own_generation(obj):
+    """`TF_KERAS` or `KERAS3` for a layer/model/callback of that package, else None."""
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        if module == "keras" or module.startswith("keras."):
+            return KERAS3
+        if module == "tf_keras" or module.startswith("tf_keras."):
+            return TF_KERAS
+    return None
+
+
+def _attached_layers(layer):
+    """Layers held in `layer`'s attributes (directly or in a list/tuple/dict), tracked or not."""
+    found = []
+    for value in vars(layer).values():
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, (keras.layers.Layer, keras3.layers.Layer)):
+                found.append(item)
+    return found
+
+
+def _layer_tree(model):
+    """`model` and every layer inside it, found through attributes too (a foreign layer is never tracked)."""
+    seen, order, stack = set(), [], [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        order.append(layer)
+        if hasattr(layer, "_flatten_layers"):
+            stack.extend(layer._flatten_layers(include_self=False, recursive=False))
+        stack.extend(_attached_layers(layer))
+    return order
+
+
+def generation(model, caller="tfcompress"):
+    """Which Keras `model` belongs to: `"tf_keras"` (Keras 2) or `"keras3"` (`import keras`).
+
+    The whole model is checked: a layer of the other Keras inside it (which
+    the model would silently not train, or fail on) raises an error naming
+    the fix.
+
+    Arguments:
+        model: a layer or model.
+        caller: the public entry point, named in errors (e.g. `"tfc.prune"`).
+
+    Returns:
+        `TF_KERAS` or `KERAS3`.
+    """
+    kind = _own_generation(model)
+    if kind is None:
+        raise TypeError(
+            f"{caller} expects a Keras model (`import keras` for Keras 3, or `import tf_keras as keras`), "
+            f"got {type(model).__module__}.{type(model).__name__}."
+        )
+    for layer in _layer_tree(model):
+        other = _own_generation(layer)
+        if other is not None and other != kind:
+            raise TypeError(
+                f"{caller} got a {_NAMES[kind]} model ({type(model).__name__}) that holds a "
+                f"{_NAMES[other]} layer {layer.name!r} ({type(layer).__module__}.{type(layer).__name__}). "
+                "The two Keras generations do not mix: build every layer from one package, "
+                f"{_FIX[kind]}."
+            )
+    return kind
+
+
+_NAMES = {TF_KERAS: "tf_keras (Keras 2)", KERAS3: "Keras 3"}
+_FIX = {
+    TF_KERAS: "here `import tf_keras as keras` (also for the layers you add)",
+    KERAS3: "here `import keras` (also for the layers you add; `tf_keras.layers` are Keras 2)",
+}
+
+
+def check_keras3_backend(caller):
+    """Raises a clear error unless Keras 3 runs on a backend tfcompress drives (TensorFlow, JAX)."""
+    backend = keras3.backend.backend()
+    if backend not in KERAS3_BACKENDS:
+        raise RuntimeError(
+            f"{caller} supports Keras 3 on the TensorFlow and JAX backends; this process runs "
+            f"Keras 3 on {backend!r}. Set KERAS_BACKEND=tensorflow (or jax) before importing keras."
+        )
+
+
+def is_keras3_functional(model):
+    """True for a Keras 3 Sequential or functional model (Keras can clone those layer by layer)."""
+    return isinstance(model, (keras3.Sequential, Functional))
+
+
+def check_keras3_model(model, caller):
+    """Raises a clear error unless `model` is a built Keras 3 model on a supported backend.
+
+    Returns:
+        The model, unchanged.
+    """
+    check_keras3_backend(caller)
+    if not isinstance(model, keras3.Model):
+        raise TypeError(f"{caller} expects a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            f"{caller} got a model that is not built yet: its weights do not exist. "
+            + (
+                "Start it with keras.Input(shape), or call it once on a batch (model(x[:1]))."
+                if is_keras3_functional(model)
+                else "Call it once on a batch of inputs (model(x[:1])) first."
+            )
+        )
+    return model
+
+
+def is_model(layer):
+    """True for a model of either Keras (a model nested in a model, for instance)."""
+    return isinstance(layer, (keras.Model, keras3.Model))
+
+
+def is_layer_class(value):
+    """True for a layer class of either Keras (for `layers=` arguments)."""
+    return isinstance(value, type) and issubclass(value, (keras.layers.Layer, keras3.layers.Layer))
+
+
+def sync_keras3_state(model):
+    """Puts a Keras 3 model's live training state back into its variables (JAX keeps it apart mid-epoch).
+
+    On JAX the fit loop holds the weights outside the variables between
+    epochs; reading or assigning a variable from a callback needs this first,
+    and the next step then reads the variables again. Other backends: no-op.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None and keras3.backend.backend() == "jax":
+        sync()

@@ -6,7 +6,7 @@ live here once: `walk` (the one traversal), `layer_selector` /
 (clone a model layer by layer and carry each layer's trained weights over).
 """
 
-from tfcompress._keras import keras, weight_name
+from tfcompress._keras import is_layer_class, is_model, keras, weight_name
 
 
 def walk(model, kind=None, include_self=False, into_wrappers=True):
@@ -29,7 +29,7 @@ def walk(model, kind=None, include_self=False, into_wrappers=True):
         layers = [model] if include_self else []
         for layer in model.layers:
             layers.append(layer)
-            if isinstance(layer, keras.Model):
+            if is_model(layer):
                 layers.extend(walk(layer, into_wrappers=False))
     return [layer for layer in layers if kind is None or isinstance(layer, kind)]
 
@@ -121,9 +121,9 @@ def _check_keys(model, keys, argument):
                     f"`{argument}` names a layer {key!r} that is not in the model. "
                     f"Layer names are: {sorted(names)}."
                 )
-        elif not (isinstance(key, type) and issubclass(key, keras.layers.Layer)):
+        elif not is_layer_class(key):
             raise TypeError(
-                f"`{argument}` takes layer names (str) or tf_keras layer classes; got {key!r}."
+                f"`{argument}` takes layer names (str) or Keras layer classes; got {key!r}."
             )
 
 
