@@ -40,7 +40,8 @@ def test_subclassed_and_unbuilt_models_are_refused_by_every_entry_point(name):
         entry(keras.Sequential([keras.layers.Dense(2)]))
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
+# tfc.prune, cluster, strip and summary take Keras 3 models (tests/test_keras3.py); QAT does not yet.
+@pytest.mark.parametrize("name", ["tfc.quantize"])
 def test_keras3_models_are_refused_with_how_to_build_a_tf_keras_one(name):
     import keras as keras3
 
@@ -49,19 +50,15 @@ def test_keras3_models_are_refused_with_how_to_build_a_tf_keras_one(name):
         ENTRY_POINTS[name](model)
 
 
-def test_summary_refuses_keras3_and_unbuilt_models_and_reads_subclassed_ones():
+def test_summary_refuses_unbuilt_models_and_reads_subclassed_ones():
     import keras as keras3
 
     class Keras3Subclassed(keras3.Model):  # defined outside keras: found through its base classes
         def call(self, x):
             return x
 
-    for model in (
-        keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(), keras3.layers.Dense(10)]),
-        Keras3Subclassed(),
-    ):
-        with pytest.raises(TypeError, match=r"tfc.summary got a Keras 3 model.*import tf_keras as keras"):
-            tfc.summary(model, print_fn=None)
+    with pytest.raises(ValueError, match=r"tfc.summary got a model that is not built.*model\(x\[:1\]\)"):
+        tfc.summary(Keras3Subclassed(), print_fn=None)
     with pytest.raises(ValueError, match=r"tfc.summary got a model that is not built.*input_shape="):
         tfc.summary(keras.Sequential([keras.layers.Dense(2)]), print_fn=None)
     with pytest.raises(ValueError, match=r"tfc.summary got a model that is not built.*model\(x\[:1\]\)"):

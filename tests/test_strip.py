@@ -47,8 +47,10 @@ def test_save_and_load_with_plain_tf_keras(pruned_cnn, digits, tmp_path, suffix)
     assert 1 - np.count_nonzero(kernel) / kernel.size == pytest.approx(0.8, abs=0.01)
 
 
-def test_strip_refuses_keras3_models():
+def test_strip_copies_an_uncompressed_keras3_model():
     import keras as keras3
 
-    with pytest.raises(TypeError, match="tf_keras"):
-        tfc.strip(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(1)]))
+    model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(1)])
+    final = tfc.strip(model)
+    assert final is not model and type(final) is keras3.Sequential
+    np.testing.assert_array_equal(final.layers[0].kernel.numpy(), model.layers[0].kernel.numpy())

@@ -10,6 +10,10 @@
     distiller.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
     final = tfc.strip(distiller.student)
     tfc.summary(final)
+
+Keras 3 models (`import keras`, TensorFlow or JAX backend) take the same
+`prune`, `cluster`, `CompressionCallback`, `strip`, `summary` and `load_model`:
+their kernels get serializable constraints instead of wrapper layers.
 """
 
 from tfcompress import clustering, distillation, pruning, quantization, saving

@@ -2,7 +2,9 @@
 
 from absl import logging
 
-from tfcompress._keras import keras
+from tfcompress._keras import KERAS3, check_keras3_backend, generation, keras, keras3
+from tfcompress.clustering.constraints import clustered_kernels
+from tfcompress.pruning.constraints import PrunedKernel, pruned_kernels
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.quantize import attach_phase_report
@@ -18,6 +20,13 @@ class CompressionCallback(keras.callbacks.Callback):
     counters. `fit(initial_epoch=k)` continues a schedule where epoch k begins.
     The model reports its current `sparsity` as a metric, so the progress bar,
     History, CSVLogger and TensorBoard show it.
+
+    The same callback drives Keras 3 models (`import keras`; TensorFlow or JAX
+    backend): Keras 3's `fit` calls a callback's hooks by name, so this one
+    class serves both. There it finds the pruning and clustering constraints on
+    the kernels, moves the masks and starts the clustering between steps, and
+    writes `sparsity` into the batch and epoch logs (callbacks listed after it,
+    History included, see it).
 
     Arguments:
         verbose: 1 prints the resolved plan when training starts (only when
@@ -44,8 +53,17 @@ class CompressionCallback(keras.callbacks.Callback):
         self._first_epoch = True
         self._parts = []
         self._step = 0
+        self._keras3 = None
 
     def on_train_begin(self, logs=None):
+        if generation(self.model, "tfc.CompressionCallback") == KERAS3:
+            self._keras3 = _Keras3Fit(self.model, self.params)
+            self.plan = self._keras3.begin()
+            if self.verbose and self.params.get("verbose", 1):
+                for entry in self.plan:
+                    print(entry.get("description") or _describe(entry))
+            return
+        self._keras3 = None
         wrappers = find_pruning_wrappers(self.model)
         self._steps_per_epoch = self.params.get("steps")
         epochs = self.params.get("epochs")
@@ -100,6 +118,8 @@ class CompressionCallback(keras.callbacks.Callback):
                 print(entry.get("description") or _describe(entry))
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._keras3:
+            return self._keras3.epoch_begin(epoch)
         if self._first_epoch and self.model.optimizer:
             # A BackupAndRestore listed after this callback restores the optimizer's step only now.
             self._step = max(self._step, int(keras.backend.get_value(self.model.optimizer.iterations)))
@@ -116,16 +136,138 @@ class CompressionCallback(keras.callbacks.Callback):
         self._first_epoch = False
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._keras3:
+            return self._keras3.batch_begin(batch)
         for part in self._parts:
             part.on_schedule_step(self._step)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._keras3:
+            return self._keras3.batch_end(batch, logs)
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._keras3:
+            return self._keras3.epoch_end(logs)
         # The optimizer moves masked weights off zero after the last mask multiply: re-apply masks.
         for wrapper in self._pruning_wrappers:
             wrapper.pruning_obj.weight_mask_op()
+
+    def on_train_end(self, logs=None):
+        if self._keras3:
+            self._keras3.end()
+
+
+class _Keras3Fit:
+    """One Keras 3 fit driven by `CompressionCallback`: constraints, scheduled parts, `sparsity` logs.
+
+    Holds the model itself, not Keras 3's `Callback.model`: on JAX that property
+    syncs the whole training state, which every batch would pay for.
+    """
+
+    def __init__(self, model, params):
+        check_keras3_backend("tfc.CompressionCallback")
+        self.model = model
+        self.params = params
+        self.kernels = []
+        self.parts = []
+        self.step = 0
+        self.batch = 0
+        self.first_epoch = True
+        self.step_variables = []
+
+    def begin(self):
+        steps = self.params.get("steps")
+        epochs = self.params.get("epochs")
+        total = steps * epochs if steps and epochs else None
+        self.kernels = pruned_kernels(self.model) + clustered_kernels(self.model)
+        self.parts = self.kernels + scheduled_parts(self.model)
+        plan = []
+        for part in self.parts:
+            for entry in part.resolve_schedule(total):
+                _merge_entry(plan, entry)
+        for entry in plan:
+            if entry["compression"] == "pruning" and total is not None and entry["end_step"] > total:
+                logging.warning(
+                    "Pruning of %s ends at step %d but this fit has %d steps: the target sparsity "
+                    "will not be reached in this fit.", ", ".join(entry["layers"]), entry["end_step"], total,
+                )
+        if not self.parts:
+            logging.warning(
+                "tfc.CompressionCallback found no compression in this Keras 3 model. Pass the "
+                "model returned by tfc.prune / tfc.cluster (not the original) to fit()."
+            )
+        # Constraints refuse to run unless driven; set only once every schedule resolved.
+        for kernel in self.kernels:
+            kernel.constraint.driven = True
+        self.step_variables = [v for kernel in self.kernels for v in kernel.constraint.state_variables()]
+        self._hand_to_step(True)
+        optimizer = getattr(self.model, "optimizer", None)
+        self.step = int(keras3.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
+        self.first_epoch = True
+        return plan
+
+    def _hand_to_step(self, on):
+        """On JAX, lists the constraints' variables with the optimizer's, so the jitted step reads them live.
+
+        JAX's train step reads only the state the fit loop hands it: model,
+        optimizer and metric variables. Constraints run inside the optimizer's
+        update, which sees the trainable and optimizer variables; anything else
+        would be a constant frozen into the compiled step. They leave the list
+        at each epoch's end, so a model saved then holds the usual optimizer.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if keras3.backend.backend() != "jax" or optimizer is None:
+            return
+        listed = optimizer._variables
+        known = {id(v) for v in listed}
+        if on:
+            listed.extend(v for v in self.step_variables if id(v) not in known)
+        else:
+            mine = {id(v) for v in self.step_variables}
+            listed[:] = [v for v in listed if id(v) not in mine]
+
+    def epoch_begin(self, epoch):
+        self._hand_to_step(True)
+        steps = self.params.get("steps")
+        # fit(initial_epoch=k): start the schedule where epoch k begins.
+        if self.first_epoch and steps:
+            self.step = max(self.step, epoch * steps)
+        self.first_epoch = False
+
+    def batch_begin(self, batch):
+        self.batch = batch
+        for part in self.parts:
+            part.on_schedule_step(self.step)
+
+    def batch_end(self, batch, logs):
+        # One call may cover several steps (steps_per_execution).
+        self.step += batch - self.batch + 1
+        self._log_sparsity(logs)
+
+    def epoch_end(self, logs):
+        self._log_sparsity(logs)
+        self._hand_to_step(False)
+
+    def end(self):
+        # The last update of a schedule that ends with the fit (`end=1.0`) falls after the last batch.
+        for kernel in self.kernels:
+            kernel.on_schedule_step(self.step)
+        self._hand_to_step(False)
+        for kernel in self.kernels:
+            kernel.constraint.driven = False
+
+    def sparsity(self):
+        """The share of masked weights over every pruned kernel, or None when nothing is pruned."""
+        pruned = [k for k in self.kernels if isinstance(k, PrunedKernel)]
+        if not pruned:
+            return None
+        return 1.0 - sum(k.kept for k in pruned) / sum(k.size for k in pruned)
+
+    def _log_sparsity(self, logs):
+        sparsity = self.sparsity()
+        if logs is not None and sparsity is not None:
+            logs["sparsity"] = sparsity
 
 
 def _merge_entry(plan, entry):
@@ -133,7 +275,8 @@ def _merge_entry(plan, entry):
     same = {key: value for key, value in entry.items() if key != "layers"}
     for known in plan:
         if {key: value for key, value in known.items() if key != "layers"} == same:
-            known["layers"] = known.get("layers", []) + entry.get("layers", [])
+            layers = known.get("layers", [])
+            known["layers"] = layers + [name for name in entry.get("layers", []) if name not in layers]
             return
     plan.append(dict(entry))
 

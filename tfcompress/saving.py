@@ -19,7 +19,9 @@ a fresh optimizer (logged). `.keras` and `.h5` keep the optimizer state.
 """
 
 import contextlib
+import json
 import os
+import zipfile
 
 from absl import logging
 
@@ -30,11 +32,13 @@ from tfcompress._tfmot import (
     prune_preserve_quantize_registry,
 )
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, keras3
 from tfcompress._layers import walk
 from tfcompress._metrics import CurrentValue
 # Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
 import tfcompress.clustering  # noqa: F401
+import tfcompress.clustering.constraints  # noqa: F401
+import tfcompress.pruning.constraints  # noqa: F401
 import tfcompress.quantization  # noqa: F401
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 
@@ -112,7 +116,7 @@ def custom_object_scope(extra_objects=None):
 
 
 def load_model(path, *, compile=True, custom_objects=None):
-    """Loads a model saved during or after compression, from any tf_keras format.
+    """Loads a model saved during or after compression, from any tf_keras or Keras 3 format.
 
     Pruned, quantization-aware and clustered models (tfcompress's or tfmot's
     wrappers, still training or stripped) load from `.keras`, `.h5` and
@@ -122,13 +126,18 @@ def load_model(path, *, compile=True, custom_objects=None):
     epoch k begins. From a SavedModel the schedules continue the same way, but
     the optimizer starts afresh (tf_keras does not restore its state; logged).
 
+    A `.keras` (or `.h5`) file written by Keras 3 (`import keras`) loads as a
+    Keras 3 model, pruning and clustering constraints included; its masks are
+    rebuilt from the kernels' zeros when `fit` starts, so the schedules resume
+    on their course.
+
     Arguments:
         path: a `.keras` or `.h5` file, or a SavedModel directory.
         compile: restore the optimizer, loss and metrics saved with the model.
         custom_objects: dict of the user's own custom objects, if any.
 
     Returns:
-        The tf_keras model.
+        The tf_keras or Keras 3 model, as the file was written.
 
     Example:
 
@@ -144,6 +153,9 @@ def load_model(path, *, compile=True, custom_objects=None):
             f"{path} does not exist. Save the model first with model.save('model.keras') "
             "(or '.h5', or a directory for a SavedModel)."
         )
+    if _saved_by_keras3(path):
+        # tfcompress's Keras 3 constraints are registered with Keras 3 when tfcompress is imported.
+        return keras3.models.load_model(path, compile=compile, custom_objects=custom_objects)
     try:
         with custom_object_scope(custom_objects):
             model = keras.models.load_model(path, compile=compile)
@@ -164,6 +176,27 @@ def load_model(path, *, compile=True, custom_objects=None):
                 "To resume with the optimizer state, save the model as .keras or .h5.", path,
             )
     return model
+
+
+def _saved_by_keras3(path):
+    """True for a `.keras` or `.h5` file that Keras 3 (`import keras`) wrote; False for tf_keras's and SavedModels."""
+    if os.path.isdir(path):
+        return False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if "metadata.json" not in archive.namelist():
+                return False
+            version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+    else:
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as file:
+                version = file.attrs.get("keras_version", "")
+        except (ImportError, OSError):
+            return False
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return version.split(".")[0] == "3"
 
 
 def _drop_revived_reports(model):

@@ -3,7 +3,10 @@
 from absl import logging
 from tfcompress._tfmot import tfmot
 
-from tfcompress._keras import check_model
+import numpy as np
+
+from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, is_keras3_functional, keras3
+from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints
 from tfcompress._layers import clone_with_weights
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.channels import is_channel_pruned, strip_channels
@@ -26,12 +29,18 @@ def strip(model):
     not change the other. It saves to `.keras` / `.h5` / SavedModel and loads
     back with plain `tf_keras.models.load_model`. It is not compiled.
 
+    A Keras 3 model (`import keras`) loses its tfcompress constraints: the
+    result is a plain Keras 3 model with the masked / shared kernels, which
+    `keras.models.load_model` loads without tfcompress. A Sequential or
+    functional model is copied (uncompiled); a subclassed one (which Keras
+    cannot clone) is stripped in place and returned.
+
     Arguments:
         model: a model returned by `tfc.prune` (trained or not), or any
-            Sequential/functional tf_keras model.
+            Sequential/functional tf_keras model, or a Keras 3 model.
 
     Returns:
-        A new, uncompiled tf_keras model.
+        A new, uncompiled tf_keras model, or the plain Keras 3 model.
 
     Example:
 
@@ -40,6 +49,8 @@ def strip(model):
     final.save("model.keras")
     ```
     """
+    if generation(model, "tfc.strip") == KERAS3:
+        return _strip_constraints(check_keras3_model(model, "tfc.strip"))
     check_model(model, "tfc.strip")
     if is_channel_pruned(model):
         return strip_channels(model)
@@ -61,3 +72,35 @@ def strip(model):
         stripped = tfmot.clustering.keras.strip_clustering(stripped)
     # tfmot's strip returns the training model's own layer objects; copy them.
     return clone_with_weights(stripped)
+
+
+def _plain_config(config):
+    """A layer config with each tfcompress constraint replaced by the constraint it wraps (often None)."""
+    if isinstance(config, dict):
+        if str(config.get("registered_name", "")).startswith("tfcompress>"):
+            return config.get("config", {}).get("inner")
+        return {key: _plain_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_plain_config(value) for value in config]
+    return config
+
+
+def _strip_constraints(model):
+    """`strip` for Keras 3: the kernels as compressed, without tfcompress constraints."""
+    constrained = compression_constraints(model)
+    values = {id(v): c.effective(np.asarray(v.numpy())) for _, v, c in constrained}
+    if is_keras3_functional(model):
+        clone = keras3.models.clone_model(
+            model, clone_function=lambda layer: layer.__class__.from_config(_plain_config(layer.get_config())),
+            recursive=True,
+        )
+        clone.set_weights([values[id(v)] if id(v) in values else v.numpy() for v in model.weights])
+        return clone
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, CompressionConstraint):
+                setattr(layer, name, value.inner)
+    for _, variable, constraint in constrained:
+        variable.assign(values[id(variable)])
+        variable.constraint = constraint.inner
+    return model

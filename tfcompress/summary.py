@@ -6,8 +6,9 @@ import gzip
 import numpy as np
 from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, QuantizeWrapper
 
-from tfcompress._keras import check_model, keras
+from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, is_keras3_functional, keras
 from tfcompress._layers import walk
+from tfcompress.pruning.constraints import CompressionConstraint, keras3_layers
 
 
 @dataclasses.dataclass
@@ -131,6 +132,28 @@ def kernel_sparsity(arrays):
     return float(sum(a.size - np.count_nonzero(a) for a in kernels) / size) if size else 0.0
 
 
+def _keras3_rows(model):
+    """`(type, name, arrays)` per Keras 3 layer with weights; constrained kernels as the model computes with them.
+
+    Sequential/functional models: a row per layer the user built (an RNN's
+    cell weights in its row). Subclassed models: a row per layer that owns
+    weights, with those weights.
+    """
+    functional = is_keras3_functional(model)
+    layers = keras3_layers(model) if functional else list(model._flatten_layers(include_self=True, recursive=True))
+    rows = []
+    for layer in layers:
+        variables = layer.weights if functional else layer._trainable_variables + layer._non_trainable_variables
+        arrays = []
+        for variable in variables:
+            values = np.asarray(variable.numpy())
+            constraint = variable.constraint
+            arrays.append(constraint.effective(values) if isinstance(constraint, CompressionConstraint) else values)
+        if arrays:
+            rows.append((type(layer).__name__, layer.name, arrays))
+    return rows
+
+
 def _leaf_layers(model):
     return [layer for layer in walk(model, into_wrappers=False) if not isinstance(layer, keras.Model)]
 
@@ -164,10 +187,11 @@ def summary(model, print_fn=print):
 
     Works on wrapped models (masks applied, as the model computes) and on
     stripped ones, and on subclassed models (their tracked layers). Layers
-    without weights are left out.
+    without weights are left out. Keras 3 models too, with their pruning masks
+    and clustering constraints.
 
     Arguments:
-        model: a built tf_keras model, compressed or not.
+        model: a built tf_keras or Keras 3 model, compressed or not.
         print_fn: where the table goes (`print` by default; None prints nothing).
 
     Returns:
@@ -175,7 +199,7 @@ def summary(model, print_fn=print):
         `.total`, `.as_dict()` for JSON, and `str()` for the table.
 
     Raises:
-        TypeError: `model` is a Keras 3 model or not a model.
+        TypeError: `model` is not a Keras model, or mixes tf_keras and Keras 3 layers.
         ValueError: `model` is not built yet (it has no weights to count).
 
     Example:
@@ -185,12 +209,14 @@ def summary(model, print_fn=print):
     info.total.sparsity, info.total.gzip_bytes
     ```
     """
-    check_model(model, "tfc.summary", allow_subclassed=True)
     rows, arrays = [], []
-    for layer in _leaf_layers(model):
-        if isinstance(layer, QuantizeLayer):
-            continue  # only range variables, no weights
-        layer_type, name, weights = _effective_weights(layer)
+    if generation(model, "tfc.summary") == KERAS3:
+        check_keras3_model(model, "tfc.summary")
+        layers = _keras3_rows(model)
+    else:
+        check_model(model, "tfc.summary", allow_subclassed=True)
+        layers = [_effective_weights(layer) for layer in _leaf_layers(model) if not isinstance(layer, QuantizeLayer)]
+    for layer_type, name, weights in layers:
         if not weights:
             continue
         rows.append(_summarize(name, layer_type, weights))

@@ -1,20 +1,13 @@
 """`cluster`: weight sharing with tfmot's clustering wrappers, started by the fit."""
 
 import tensorflow as tf
-from tfcompress._tfmot import cluster_config, clustering_registry, pruning_wrapper
+from tfcompress._tfmot import clustering_registry, pruning_wrapper
 
-from tfcompress._keras import check_model
+from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers
+from tfcompress.clustering.constraints import INITIALIZATIONS, cluster_with_constraints
 from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
 from tfcompress.scheduling import validate_point
-
-INITIALIZATIONS = {
-    "kmeans++": cluster_config.CentroidInitialization.KMEANS_PLUS_PLUS,
-    "linear": cluster_config.CentroidInitialization.LINEAR,
-    "density": cluster_config.CentroidInitialization.DENSITY_BASED,
-    "random": cluster_config.CentroidInitialization.RANDOM,
-}
-
 
 def _clusterable(layer):
     if not clustering_registry.ClusteringRegistry.supports(layer):
@@ -31,8 +24,15 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
     then on every kernel holds at most `clusters` distinct values, which
     compress well (see `tfc.summary`'s gzip column).
 
+    Keras 3 models (`import keras`) take the same arguments: each chosen
+    kernel gets a `tfc.clustering.constraints.ClusterCentroids` constraint,
+    which after every optimizer step moves each centroid to the mean of its
+    weights and puts the weights on it. Sequential and functional models are
+    copied; a subclassed model is clustered in place.
+
     Arguments:
-        model: a built Sequential or functional tf_keras model.
+        model: a built Sequential or functional tf_keras model, or a built
+            Keras 3 model.
         clusters: shared values per kernel (> 1).
         begin: when clustering starts: a fraction of the fit (float) or a step (int).
         init: centroid initialization, as tfmot offers it: "kmeans++",
@@ -43,7 +43,8 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
             clusters every layer tfmot can cluster (Dense, Conv, ...).
 
     Returns:
-        A new tf_keras model with clustering wrappers (compile it before fit).
+        A new tf_keras model with clustering wrappers, or the Keras 3 model
+        with clustering constraints (compile it before fit).
 
     Example:
 
@@ -54,7 +55,11 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
     final = tfc.strip(clustered)
     ```
     """
-    check_model(model, "tfc.cluster")
+    keras3 = generation(model, "tfc.cluster") == KERAS3
+    if keras3:
+        check_keras3_model(model, "tfc.cluster")
+    else:
+        check_model(model, "tfc.cluster")
     if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 2:
         raise ValueError(f"`clusters` must be an int >= 2; got {clusters!r}.")
     if init not in INITIALIZATIONS:
@@ -64,6 +69,8 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         raise ValueError("This model is already clustered; call tfc.strip(model) before clustering it again.")
     chosen = layer_selector(model, layers)
     named = named_layers(layers)
+    if keras3:
+        return cluster_with_constraints(model, clusters, begin, init, preserve_sparsity, chosen, named)
 
     def wrap(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):

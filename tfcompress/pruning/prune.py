@@ -3,10 +3,11 @@
 from absl import logging
 from tfcompress._tfmot import prunable_layer, prune_registry, pruning_wrapper
 
-from tfcompress._keras import check_model
+from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import report_metric
 from tfcompress.pruning.channels import prune_channels
+from tfcompress.pruning.constraints import prune_with_masks
 from tfcompress.pruning.schedules import SCHEDULES, ConstantSparsity, PolynomialDecay, _validate_sparsity
 from tfcompress.pruning.wrapper import PruneLowMagnitude, find_pruning_wrappers
 
@@ -75,8 +76,15 @@ def prune(
     `fit`, and by `end` every pruned layer holds exactly its target sparsity.
     The original model is left untouched.
 
+    Keras 3 models (`import keras`, TensorFlow or JAX backend) take the same
+    arguments. Their layers stay as they are: each chosen kernel gets a
+    `tfc.pruning.constraints.PruningMask` constraint, which the optimizer
+    applies after every step. Sequential and functional models are copied;
+    a subclassed model (which Keras cannot clone) is pruned in place.
+
     Arguments:
-        model: a built Sequential or functional tf_keras model.
+        model: a built Sequential or functional tf_keras model, or a built
+            Keras 3 model (Sequential, functional or subclassed).
         final_sparsity: share of each pruned kernel set to zero at `end`, in
             [0, 1). Defaults to 0.8 (not allowed with `m_by_n`).
         initial_sparsity: sparsity at `begin` (polynomial schedule only).
@@ -103,7 +111,8 @@ def prune(
             removes them (see `tfc.pruning.channels.prune_channels`).
 
     Returns:
-        A new tf_keras model with pruning wrappers (compile it before `fit`).
+        A new tf_keras model with pruning wrappers, or the Keras 3 model with
+        mask constraints (compile it before `fit`).
 
     Example:
 
@@ -120,7 +129,11 @@ def prune(
             end=end, schedule=schedule, power=power, frequency=frequency, m_by_n=m_by_n, layers=layers,
             layer_sparsity=layer_sparsity,
         )
-    check_model(model, "tfc.prune")
+    keras3 = generation(model, "tfc.prune") == KERAS3
+    if keras3:
+        check_keras3_model(model, "tfc.prune")
+    else:
+        check_model(model, "tfc.prune")
     if m_by_n is not None:
         m, n = _check_m_by_n(m_by_n)
         if final_sparsity is not None or layer_sparsity:
@@ -156,6 +169,8 @@ def prune(
     target_for = per_layer_value(model, layer_sparsity, final_sparsity, "layer_sparsity")
     for target in (layer_sparsity or {}).values():
         _validate_sparsity(target, "layer_sparsity")
+    if keras3:
+        return prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n)
     skipped = []
 
     def wrap(layer):

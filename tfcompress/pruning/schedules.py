@@ -82,6 +82,15 @@ class _FitSchedule(tfmot.sparsity.keras.PruningSchedule, Span, tf.Module):
         )
         return tf.logical_and(in_span, on_turn)
 
+    def due(self, step):
+        """True when the masks update at optimizer `step` (Python; the Keras 3 path, driven from the callback)."""
+        begin, end, frequency = self.steps
+        return begin <= step <= end and ((step - begin) % frequency == 0 or step == end)
+
+    def _python_progress(self, step):
+        begin, end, _ = self.steps
+        return min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
+
     def _progress(self, step):
         span = tf.cast(tf.maximum(self._end_step - self._begin_step, 1), tf.float32)
         done = tf.cast(tf.cast(step, tf.int64) - self._begin_step, tf.float32) / span
@@ -126,6 +135,11 @@ class PolynomialDecay(_FitSchedule):
         sparsity = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * remaining
         return self._should_prune(step), sparsity
 
+    def sparsity_at(self, step):
+        """The target sparsity at optimizer `step`, as a Python float (needs `resolve` first)."""
+        remaining = (1.0 - self._python_progress(step)) ** self.power
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * remaining
+
     def get_config(self):
         return {
             "class_name": self.__class__.__name__,
@@ -158,6 +172,11 @@ class ConstantSparsity(_FitSchedule):
 
     def __call__(self, step):
         return self._should_prune(step), tf.constant(self.target_sparsity, tf.float32)
+
+    def sparsity_at(self, step):
+        """The target sparsity at optimizer `step`, as a Python float."""
+        del step
+        return self.target_sparsity
 
     def get_config(self):
         return {
