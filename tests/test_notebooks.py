@@ -1,26 +1,138 @@
-"""Every Colab tutorial runs top to bottom on a real kernel, in the reduced-size mode.
+"""The Colab tutorials: their sources, their install cell, and a run of each top to bottom.
 
-Each notebook in `colab/` is executed with nbclient in a fresh temporary working
-directory with `TFCOMPRESS_TUTORIAL_FAST=1` (fewer epochs, same code); a cell
-that raises fails the test with the cell's source and traceback. A few cheap
-checks on the printed outputs make sure each tutorial still shows what it is about.
+`colab/NN_name.py` (jupytext percent format) is the source of `colab/NN_name.ipynb`; the tests
+check that both hold the same cells, so a notebook cannot drift from its source. Each notebook is
+executed with nbclient in a fresh temporary working directory with `TFCOMPRESS_TUTORIAL_FAST=1`
+(fewer epochs, same code); a cell that raises fails the test with the cell's source
+and traceback. Checks on the printed outputs make sure each tutorial still shows what it is about.
 """
 
+import importlib.util
 import os
 import pathlib
 import re
+import subprocess
 import sys
+import types
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
+jupytext = pytest.importorskip("jupytext", reason="pip install -e '.[dev]' (jupytext)")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
 COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
+SOURCES = sorted(p.name for p in COLAB.glob("*.py"))
 NOTEBOOKS = sorted(p.name for p in COLAB.glob("*.ipynb"))
 CELL_TIMEOUT = 600
+FIND_SPEC = importlib.util.find_spec
+
+
+def cells(notebook):
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def source_of(name):
+    """The notebook that `colab/<name>.py` describes, as jupytext reads it."""
+    return jupytext.read(COLAB / name.replace(".ipynb", ".py"))
+
+
+def setup_cell(name):
+    """The first code cell: the one that installs tfcompress in Colab."""
+    notebook = nbformat.read(COLAB / name, as_version=4)
+    return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
+def test_every_notebook_is_collected():
+    assert NOTEBOOKS == [
+        "01_quickstart.ipynb",
+        "02_pruning.ipynb",
+        "03_quantization.ipynb",
+        "04_distillation.ipynb",
+        "05_android.ipynb",
+    ]
+    assert SOURCES == [name.replace(".ipynb", ".py") for name in NOTEBOOKS], "every notebook has one .py source"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_holds_the_cells_of_its_source(name):
+    notebook = nbformat.read(COLAB / name, as_version=4)
+    nbformat.validate(notebook)
+    source = name.replace(".ipynb", ".py")
+    assert cells(notebook) == cells(source_of(name)), (
+        f"colab/{name} and colab/{source} hold different cells: edit the .py and run "
+        f"`jupytext --to ipynb --update colab/{source}` (to keep edits made in the notebook instead: "
+        f"`jupytext --to py:percent --update colab/{name}`)"
+    )
+    # Committed without outputs, and paired with the source so `jupytext --sync` finds it.
+    assert all(not cell.get("outputs") and cell.get("execution_count") is None
+               for cell in notebook.cells if cell.cell_type == "code"), f"{name} carries outputs"
+    assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_uses_the_public_api_only(name):
+    text = (COLAB / name.replace(".ipynb", ".py")).read_text()
+    for dead in ("getattr(tfc", "getattr(tfe", "older tfcompress", "YOUR_ORG"):
+        assert dead not in text, f"{name}: {dead!r}"
+    assert not re.findall(r"\b(?:tfcompress|tflite_export|tfc|tfe)\._(?!_)\w+", text), f"{name} reaches into private modules"
+
+
+def test_the_tutorials_cover_the_public_verbs():
+    text = "".join((COLAB / name).read_text() for name in SOURCES)
+    for verb in ("tfc.prune(", "tfc.quantize(", "tfc.Distiller(", "tfc.CompressionCallback(", "tfc.strip(",
+                 "tfc.summary(", "tfe.export(", "tfe.inspect(", "tfe.edgetpu_report("):
+        assert verb in text, f"no tutorial calls {verb}"
+
+
+def test_the_install_cell_is_the_same_in_every_notebook():
+    first = setup_cell(NOTEBOOKS[0])
+    for name in NOTEBOOKS:
+        assert setup_cell(name) == first, f"{name}: its setup cell differs from {NOTEBOOKS[0]}'s"
+        notebook = nbformat.read(COLAB / name, as_version=4)
+        code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+        assert len(re.findall(r"^REPOSITORY = ", code, re.M)) == 1, f"{name}: REPOSITORY is set once, in one place"
+        assert "github.com/" not in code.replace("github.com/OWNER/", ""), f"{name} names a repository"
+
+
+def run_setup_cell(monkeypatch, *, in_colab, importable, repository=None):
+    """Runs the install cell here with Colab and pip faked: returns the pip commands it ran."""
+    source = setup_cell(NOTEBOOKS[0])
+    if repository is not None:
+        source = source.replace('REPOSITORY = ""', f"REPOSITORY = {repository!r}")
+    commands = []
+    monkeypatch.setattr(subprocess, "check_call", lambda command, **kwargs: commands.append(command))
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda module, *args: None if module == "tfcompress" and not importable else FIND_SPEC(module, *args),
+    )
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    exec(compile(source, "setup cell", "exec"), {"__name__": "__main__"})
+    return commands
+
+
+def test_install_cell_installs_only_in_colab_and_only_when_missing(monkeypatch, capsys):
+    assert run_setup_cell(monkeypatch, in_colab=False, importable=False) == []
+    assert run_setup_cell(monkeypatch, in_colab=True, importable=True) == []  # CI, or a second run
+    assert capsys.readouterr().out.count("mode") == 2
+
+
+def test_install_cell_installs_from_repository(monkeypatch):
+    repository = "git+https://example.invalid/somebody/tfcompress@branch"
+    commands = run_setup_cell(monkeypatch, in_colab=True, importable=False, repository=repository)
+    assert commands == [[sys.executable, "-m", "pip", "install", "-q", f"tfcompress[examples] @ {repository}"]]
+
+
+def test_install_cell_without_repository_says_what_to_set(monkeypatch):
+    with pytest.raises(RuntimeError, match=r"Set REPOSITORY in this cell .*git\+https://github.com/OWNER/tfcompress"):
+        run_setup_cell(monkeypatch, in_colab=True, importable=False)
 
 
 @pytest.fixture(scope="module")
@@ -83,24 +195,6 @@ def images_in(notebook):
     )
 
 
-def test_every_notebook_is_collected():
-    assert NOTEBOOKS == [
-        "01_quickstart.ipynb",
-        "02_pruning.ipynb",
-        "03_quantization.ipynb",
-        "04_distillation.ipynb",
-        "05_android.ipynb",
-    ]
-
-
-def test_install_cell_runs_only_in_colab():
-    for name in NOTEBOOKS:
-        source = nbformat.read(COLAB / name, as_version=4).cells[1].source
-        assert '"google.colab" in sys.modules' in source, name
-        install = source.index("\"pip\", \"install\"")
-        assert source.index('if "google.colab" in sys.modules:') < install, name
-
-
 CHECKS = {
     "01_quickstart.ipynb": [
         r"Test accuracy on LiteRT: teacher FP32 (0\.\d+|1\.0+), student INT8 (0\.\d+|1\.0+)",
@@ -148,3 +242,4 @@ def test_quickstart_compresses_and_keeps_accuracy(executed):
     assert student > 0.8 and teacher > 0.8
     assert smaller > 5
     assert (workdir / "student_int8.tflite").exists()
+
