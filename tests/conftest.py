@@ -1,4 +1,4 @@
-"""Shared fixtures: real shipped data (scikit-learn's digits) and small tf_keras models."""
+"""Shared fixtures: real shipped data (scikit-learn's digits) and trained models. Model builders live in tests/helpers.py."""
 
 import os
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tfcompress._keras import keras
+from helpers import EXPORT_PRECISIONS, cnn_digits_model, compile_classifier, dense_digits_model
 from tfcompress.demo import load_digits
+
+# Test files import these from helpers; the names stay here for files not yet switched.
+__all__ = ["EXPORT_PRECISIONS", "cnn_digits_model", "compile_classifier", "dense_digits_model"]
 
 
 @pytest.fixture(scope="session")
@@ -31,44 +34,7 @@ def breast_cancer():
     return x[:450], y[:450], x[450:], y[450:]
 
 
-def dense_digits_model(seed=0, width=128):
-    """A functional MLP for 8x8x1 digits."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Flatten()(inputs)
-    x = keras.layers.Dense(width, activation="relu", name="hidden1")(x)
-    x = keras.layers.Dense(width, activation="relu", name="hidden2")(x)
-    outputs = keras.layers.Dense(10, name="logits")(x)
-    return keras.Model(inputs, outputs)
-
-
-def cnn_digits_model(seed=0):
-    """A Sequential CNN for 8x8x1 digits."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu", input_shape=(8, 8, 1), name="conv1"),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(name="pool"),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(64, activation="relu", name="dense"),
-            keras.layers.Dense(10, name="logits"),
-        ]
-    )
-
-
-def compile_classifier(model, learning_rate=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
 # ---- tflite_export fixtures: train one digits CNN, export it once per precision ----
-
-EXPORT_PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "edgetpu")
 
 
 @pytest.fixture(scope="session")

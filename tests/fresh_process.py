@@ -4,7 +4,7 @@ For what must happen before TensorFlow initializes (logical CPU devices) or is
 process-wide and irreversible (op determinism): pytest's own process has
 initialized TensorFlow already. The script prints one line
 `RESULT <json>`; `TESTS_DIR` in it becomes the tests folder, so it can import
-conftest's models.
+the models in helpers.py.
 """
 
 import json

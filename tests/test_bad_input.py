@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 import tflite_export

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 from litert_helpers import int8_flatbuffer, int8_kernels
 
 import tfcompress as tfc

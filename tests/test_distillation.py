@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import cnn_digits_model, compile_classifier, dense_digits_model
 from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 from scipy.special import log_softmax, softmax
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 from ai_edge_litert.interpreter import Interpreter
-from conftest import cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import cnn_digits_model, compile_classifier, dense_digits_model
 from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 
 import tfcompress as tfc

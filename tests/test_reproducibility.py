@@ -4,7 +4,7 @@ import hashlib
 
 import fresh_process
 import pytest
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 import tflite_export
@@ -18,7 +18,7 @@ import tensorflow as tf
 tf.config.experimental.enable_op_determinism()
 sys.path.insert(0, TESTS_DIR)
 import numpy as np
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 from sklearn.datasets import load_digits
 
 import tfcompress as tfc

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 from tfcompress._keras import keras

@@ -18,7 +18,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 sys.path.insert(0, TESTS_DIR)
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 from tfcompress.demo import load_digits

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tf_keras
-from conftest import cnn_digits_model, compile_classifier
+from helpers import cnn_digits_model, compile_classifier
 
 import tfcompress as tfc
 from tfcompress.pruning import PruneLowMagnitude

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 
