@@ -60,3 +60,40 @@ def exported_digits(digits_cnn, digits, tmp_path_factory):
         )
         for precision in EXPORT_PRECISIONS
     }
+
+
+# ---- pytest-xdist: one worker per group of tests that share a trained fixture ----
+
+UNGROUPED_FIXTURES = {"digits", "breast_cancer", "tmp_path_factory", "worker_id", "testrun_uid"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Puts tests that share a module- or session-scoped fixture in one `xdist_group`.
+
+    xdist builds such a fixture once per worker that runs a test needing it; with
+    `--dist loadgroup` (pytest.ini) the tests sharing it run on one worker, so the
+    model behind it is trained (or the notebook executed) once per run.
+    """
+    parent = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared = {}
+    for item in items:
+        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        keys = [
+            f"{definitions[name][-1].baseid}::{name}"
+            for name in item.fixturenames
+            if name in definitions and name not in UNGROUPED_FIXTURES
+            and definitions[name][-1].scope in ("session", "package", "module", "class")
+        ]
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+        shared[item] = keys
+    for item, keys in shared.items():
+        if keys:
+            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
