@@ -264,7 +264,7 @@ def test_mixed_generations_are_refused_with_the_fix(data):
 
 
 _BACKEND_SCRIPT = """
-import json, os, sys
+import json, os, sys, tempfile, warnings
 os.environ["KERAS_BACKEND"] = CHOSEN_BACKEND
 sys.path.insert(0, TESTS_DIR)
 import numpy as np
@@ -282,10 +282,19 @@ if CHOSEN_BACKEND != "jax":
     print("RESULT " + json.dumps(result))
     sys.exit(0)
 pruned = compiled(tfc.prune(cnn(), 0.8))
-history = pruned.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+checkpoint = os.path.join(tempfile.mkdtemp(), "mid_epoch.keras")
+history = pruned.fit(
+    x, y, epochs=3, batch_size=32, verbose=0,
+    callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, save_freq=50), tfc.CompressionCallback(verbose=0)],
+)
 result["sparsity"] = {name: sparsity(k) for name, k in kernels(pruned).items()}
 result["history"] = history.history["sparsity"]
 result["pruned_accuracy"] = float(pruned.evaluate(x_test, y_test, verbose=0)[1])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    loaded = tfc.load_model(checkpoint)
+result["checkpoint_step"] = int(loaded.optimizer.iterations.numpy())
+result["load_warnings"] = [str(w.message) for w in caught if "optimizer" in str(w.message)]
 clustered = compiled(tfc.cluster(cnn(), clusters=16, begin=0.3))
 clustered.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
 result["values"] = {name: int(np.unique(k.numpy()).size) for name, k in kernels(clustered).items()}
@@ -304,6 +313,8 @@ def test_jax_backend_prunes_and_clusters():
     assert result["history"][-1] == pytest.approx(0.8, abs=0.005)
     assert result["values"] == {"conv1": 16, "conv2": 16, "dense": 16, "logits": 16}
     assert result["pruned_accuracy"] > 0.85 and result["clustered_accuracy"] > 0.85
+    # A mid-epoch checkpoint (masks listed with the optimizer's variables) keeps its optimizer state.
+    assert result["checkpoint_step"] == 100 and result["load_warnings"] == []
 
 
 def test_other_backends_get_a_clear_error():

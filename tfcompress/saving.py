@@ -19,8 +19,10 @@ a fresh optimizer (logged). `.keras` and `.h5` keep the optimizer state.
 """
 
 import contextlib
+import io
 import json
 import os
+import warnings
 import zipfile
 
 from absl import logging
@@ -38,7 +40,7 @@ from tfcompress._metrics import CurrentValue
 # Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
 import tfcompress.clustering  # noqa: F401
 import tfcompress.clustering.constraints  # noqa: F401
-import tfcompress.pruning.constraints  # noqa: F401
+from tfcompress.pruning.constraints import compression_constraints
 import tfcompress.quantization  # noqa: F401
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 
@@ -154,8 +156,7 @@ def load_model(path, *, compile=True, custom_objects=None):
             "(or '.h5', or a directory for a SavedModel)."
         )
     if _saved_by_keras3(path):
-        # tfcompress's Keras 3 constraints are registered with Keras 3 when tfcompress is imported.
-        return keras3.models.load_model(path, compile=compile, custom_objects=custom_objects)
+        return _load_keras3(path, compile, custom_objects)
     try:
         with custom_object_scope(custom_objects):
             model = keras.models.load_model(path, compile=compile)
@@ -176,6 +177,47 @@ def load_model(path, *, compile=True, custom_objects=None):
                 "To resume with the optimizer state, save the model as .keras or .h5.", path,
             )
     return model
+
+
+def _load_keras3(path, compile, custom_objects):
+    """Loads a Keras 3 file; tfcompress's constraints are registered with Keras 3 on import.
+
+    On JAX, `CompressionCallback` lists the masks and centroids with the
+    optimizer's variables while an epoch runs, so a checkpoint written
+    mid-epoch holds them after the optimizer's own. Keras then skips the whole
+    optimizer state; the leading entries are the optimizer's, so they load here.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras3.models.load_model(path, compile=compile, custom_objects=custom_objects)
+    skipped = False
+    for warning in caught:
+        if "Skipping variable loading for optimizer" in str(warning.message) and compression_constraints(model):
+            skipped = True
+            continue
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if skipped and not _load_leading_optimizer_variables(path, model.optimizer):
+        logging.warning("%s: the optimizer state did not fit this model; training goes on with a fresh optimizer.", path)
+    return model
+
+
+def _load_leading_optimizer_variables(path, optimizer):
+    """Assigns the optimizer's variables from the first entries saved for it; True when they all fit."""
+    import h5py
+
+    if optimizer is None or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as file:
+        saved = file.get("optimizer/vars")
+        variables = optimizer.variables
+        if saved is None or len(saved) < len(variables):
+            return False
+        values = [saved[str(i)][()] for i in range(len(variables))]
+    if any(tuple(value.shape) != tuple(variable.shape) for value, variable in zip(values, variables)):
+        return False
+    for value, variable in zip(values, variables):
+        variable.assign(value)
+    return True
 
 
 def _saved_by_keras3(path):
