@@ -1,12 +1,14 @@
-"""tfc.prune + tfc.quantize (+ tfc.Distiller) under tf.distribute.MirroredStrategy with 2 logical CPU devices.
+"""tfc.prune, tfc.quantize and tfc.Distiller under tf.distribute.MirroredStrategy with 2 logical CPU devices.
 
 Logical devices must be configured before TensorFlow initializes, and pytest's
-process has initialized it already, so the body runs in a fresh interpreter
-and prints its measurements as JSON.
+process has initialized it already, so one fresh interpreter runs every fit here
+(one teacher serves them all) and prints its measurements as JSON.
 """
 
 import fresh_process
 import pytest
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
 import json, os, sys
@@ -21,12 +23,23 @@ sys.path.insert(0, TESTS_DIR)
 from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
+from tfcompress._keras import keras
 from tfcompress.demo import load_digits
-from tfcompress.distillation import Distiller, LogitsDistillation
+from tfcompress.distillation import Distiller, FeatureDistillation, LinearSchedule, LogitsDistillation
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 
-(x, y), _ = load_digits()
-x, y = x[:1024], y[:1024]
+(x_train, y_train), (x_test, y_test) = load_digits()
+hard = lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+results = {"replicas": strategy.num_replicas_in_sync}
+
+with strategy.scope():  # the teacher's variables must belong to the strategy the distiller trains under
+    teacher = compile_classifier(dense_digits_model(seed=0, width=128), learning_rate=3e-3)
+teacher.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
+
+# ---- tfc.prune + tfc.quantize (+ a Distiller): mirrored and single-device fits of the same model ----
+
+x, y = x_train[:1024], y_train[:1024]
 
 
 def compressed():
@@ -54,20 +67,67 @@ def distilled(teacher):
     return compile_classifier(distiller, learning_rate=1e-2)
 
 
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with strategy.scope():  # the teacher's variables must belong to the strategy the distiller trains under
-    teacher = compile_classifier(dense_digits_model(seed=1, width=64), learning_rate=3e-3)
-teacher.fit(x, y, epochs=3, batch_size=64, verbose=0)
 with strategy.scope():
     mirrored_model = compressed()
     mirrored_distiller = distilled(teacher)
-results = {
-    "replicas": strategy.num_replicas_in_sync,
-    "mirrored": run(mirrored_model),
-    "single": run(compressed()),
-    "mirrored_distilled": run(mirrored_distiller),
-    "single_distilled": run(distilled(teacher)),
+results["mirrored"] = run(mirrored_model)
+results["single"] = run(compressed())
+results["mirrored_distilled"] = run(mirrored_distiller)
+results["single_distilled"] = run(distilled(teacher))
+
+# ---- tfc.Distiller with logits and feature losses and a temperature schedule ----
+
+
+def distiller_for(student, cache):
+    return Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_losses=[
+            LogitsDistillation(),
+            FeatureDistillation(teacher_layer_name="hidden2"),  # 128 teacher units vs 32: projection
+        ],
+        temperature=LinearSchedule(4.0, 2.0),
+        teacher_cache=cache,
+    )
+
+
+# One SGD step on one batch of 256: mirrored (2 x 128) must match a single device.
+single_student = dense_digits_model(seed=1, width=32)
+single = distiller_for(single_student, cache=False)
+single.compile(keras.optimizers.SGD(0.1), hard())
+with strategy.scope():
+    mirrored_student = dense_digits_model(seed=1, width=32)
+    mirrored = distiller_for(mirrored_student, cache=False)
+    mirrored.compile(keras.optimizers.SGD(0.1), hard())
+mirrored.projections[0].set_weights(single.projections[0].get_weights())
+step = dict(epochs=1, batch_size=256, shuffle=False, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+single_logs = single.fit(x_train[:256], y_train[:256], **step).history
+mirrored_logs = mirrored.fit(x_train[:256], y_train[:256], **step).history
+results["one_step"] = {
+    "single_loss": single_logs["loss"][0],
+    "mirrored_loss": mirrored_logs["loss"][0],
+    "max_weight_difference": max(
+        float(np.abs(a - b).max()) for a, b in zip(single_student.get_weights(), mirrored_student.get_weights())
+    ),
 }
+
+# Full fits, cached and uncached, with a pruned student.
+for cache in (True, False):
+    with strategy.scope():
+        student = tfc.prune(dense_digits_model(seed=2, width=32), final_sparsity=0.5)
+        distiller = distiller_for(student, cache)
+        distiller.compile(keras.optimizers.Adam(3e-3), hard(), metrics=["accuracy"])
+    history = distiller.fit(
+        x_train, y_train, epochs=4, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
+    ).history
+    results["cached" if cache else "uncached"] = {
+        "cache_used": distiller.teacher_cache_used,
+        "loss": history["loss"],
+        "feature_loss": history["feature_loss_hidden2"],
+        "temperature": history["temperature"],
+        "sparsity": history["sparsity"][-1],
+        "test_accuracy": distiller.evaluate(x_test, y_test, verbose=0)[1],
+    }
 print("RESULT " + json.dumps(results))
 """
 
@@ -100,3 +160,27 @@ def test_mirrored_training_follows_the_single_device_loss(results):
     mirrored, single = results["mirrored"], results["single"]
     assert mirrored["loss"][-1] < 0.7 * mirrored["loss"][0]
     assert mirrored["loss"] == pytest.approx(single["loss"], rel=0.05)
+
+
+def test_two_replicas_match_a_single_device_distillation_step(results):
+    assert results["replicas"] == 2
+    step = results["one_step"]
+    assert step["mirrored_loss"] == pytest.approx(step["single_loss"], rel=1e-4)
+    assert step["max_weight_difference"] < 1e-4
+
+
+@pytest.mark.parametrize("run", ["cached", "uncached"])
+def test_mirrored_distillation_trains_prunes_and_schedules(results, run):
+    result = results[run]
+    assert result["cache_used"] is (run == "cached")
+    assert result["loss"][-1] < 0.5 * result["loss"][0]
+    assert result["feature_loss"][-1] < result["feature_loss"][0]
+    assert 4.0 > result["temperature"][0] > result["temperature"][-1] >= 2.0
+    assert result["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert result["test_accuracy"] > 0.85
+
+
+def test_mirrored_cache_on_and_off_train_identically(results):
+    cached, uncached = results["cached"], results["uncached"]
+    assert cached["loss"] == pytest.approx(uncached["loss"], rel=1e-4)
+    assert cached["test_accuracy"] == pytest.approx(uncached["test_accuracy"], abs=0.01)
