@@ -303,6 +303,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install 'jax[cpu]')")
 def test_jax_backend_prunes_and_clusters():
     result = run(_BACKEND_SCRIPT, CHOSEN_BACKEND=json.dumps("jax"))
@@ -317,6 +318,7 @@ def test_jax_backend_prunes_and_clusters():
     assert result["checkpoint_step"] == 100 and result["load_warnings"] == []
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_other_backends_get_a_clear_error():
     result = run(_BACKEND_SCRIPT, CHOSEN_BACKEND=json.dumps("numpy"))
     assert result["backend"] == "numpy"
