@@ -49,7 +49,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tfcompress") is N
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"tfcompress[examples] @ {REPOSITORY}"])
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TFCOMPRESS_TUTORIAL_FAST=1 (set by CI) runs the same code with fewer epochs.
+# TFCOMPRESS_TUTORIAL_FAST=1 (set by CI) runs the same code with fewer epochs and exports.
 FAST = os.environ.get("TFCOMPRESS_TUTORIAL_FAST") == "1"
 print("fast mode" if FAST else "full mode")
 
