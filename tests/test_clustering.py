@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import compile_classifier, dense_digits_model
+from helpers import compile_classifier
 from litert_helpers import int8_flatbuffer, int8_kernels
 
 import tfcompress as tfc
@@ -11,17 +11,15 @@ from tfcompress.quantization import quantize
 
 
 @pytest.fixture(scope="module")
-def trained_mlp(digits):
-    x, y, _, _ = digits
-    model = compile_classifier(dense_digits_model(seed=2), learning_rate=3e-3)
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
-    return model
+def mlp(trained_mlp):
+    """The session's trained digits MLP; tests cluster, prune and quantize clones of it, never it."""
+    return trained_mlp()
 
 
-def test_kernels_have_at_most_k_values_after_strip(trained_mlp, digits):
+def test_kernels_have_at_most_k_values_after_strip(mlp, digits):
     x, y, x_test, y_test = digits
-    clustered = compile_classifier(cluster(trained_mlp, clusters=16, begin=0.5), learning_rate=1e-4)
-    np.testing.assert_array_equal(clustered.predict(x_test, verbose=0), trained_mlp.predict(x_test, verbose=0))
+    clustered = compile_classifier(cluster(mlp, clusters=16, begin=0.5), learning_rate=1e-4)
+    np.testing.assert_array_equal(clustered.predict(x_test, verbose=0), mlp.predict(x_test, verbose=0))
     callback = tfc.CompressionCallback()
     clustered.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
     assert callback.plan[0]["begin_step"] == 22 and callback.plan[0]["clusters"] == 16
@@ -29,38 +27,40 @@ def test_kernels_have_at_most_k_values_after_strip(trained_mlp, digits):
     for name in ("hidden1", "hidden2", "logits"):
         assert np.unique(final.get_layer(name).kernel.numpy()).size <= 16, name
     info = tfc.summary(final, print_fn=None)
-    dense_info = tfc.summary(trained_mlp, print_fn=None)
+    dense_info = tfc.summary(mlp, print_fn=None)
     assert {row.clusters for row in info.rows} <= set(range(2, 17))
     assert {row.clusters for row in dense_info.rows} == {0}
     assert info.total.gzip_bytes < 0.5 * dense_info.total.gzip_bytes
-    dense_accuracy = trained_mlp.evaluate(x_test, y_test, verbose=0)[1]
+    dense_accuracy = mlp.evaluate(x_test, y_test, verbose=0)[1]
     assert final.evaluate(x_test, y_test, verbose=0)[1] >= dense_accuracy - 0.03
 
 
-def test_before_begin_kernels_train_as_floats(trained_mlp, digits):
+def test_before_begin_kernels_train_as_floats(mlp, digits):
     x, y, _, _ = digits
-    clustered = compile_classifier(cluster(trained_mlp, clusters=8, begin=1.0, init="linear"))
+    clustered = compile_classifier(cluster(mlp, clusters=8, begin=1.0, init="linear"))
     clustered.fit(x[:256], y[:256], epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
     kernel = clustered.get_layer("cluster_hidden2").original_clusterable_weights["kernel"].numpy()
     assert np.unique(kernel).size > 1000
 
 
-def test_cluster_preserving_qat_keeps_shared_values_in_int8(trained_mlp, digits):
+@pytest.mark.slow
+def test_cluster_preserving_qat_keeps_shared_values_in_int8(mlp, digits):
     x, y, x_test, y_test = digits
-    clustered = compile_classifier(cluster(trained_mlp, clusters=16), learning_rate=1e-4)
-    clustered.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    clustered = compile_classifier(cluster(mlp, clusters=16), learning_rate=1e-4)
+    clustered.fit(x[:512], y[:512], epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
     qat = compile_classifier(quantize(tfc.strip(clustered), preserve="clusters"), learning_rate=1e-4)
-    qat.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
+    qat.fit(x[:512], y[:512], epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
     kernels = int8_kernels(int8_flatbuffer(tfc.strip(qat)))
     assert len(kernels) == 3
     assert all(np.unique(kernel).size <= 16 for kernel in kernels)
 
 
-def test_cluster_then_quantize_in_one_fit(trained_mlp, digits):
+@pytest.mark.slow
+def test_cluster_then_quantize_in_one_fit(mlp, digits):
     x, y, x_test, y_test = digits
-    model = compile_classifier(quantize(cluster(trained_mlp, clusters=16, begin=0.2), start=0.5), learning_rate=1e-4)
+    model = compile_classifier(quantize(cluster(mlp, clusters=16, begin=0.2), start=0.5), learning_rate=1e-4)
     # Before clustering and quantization begin, the wrapped model is the float model, weights included.
-    np.testing.assert_allclose(model.predict(x_test, verbose=0), trained_mlp.predict(x_test, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(model.predict(x_test, verbose=0), mlp.predict(x_test, verbose=0), atol=1e-5)
     history = model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback()])
     assert history.history["qat_phase"] == [0.0, 1.0]
     final = compile_classifier(tfc.strip(model))
@@ -68,22 +68,22 @@ def test_cluster_then_quantize_in_one_fit(trained_mlp, digits):
     kernels = int8_kernels(int8_flatbuffer(final))
     assert len(kernels) == 3
     assert all(np.unique(kernel).size <= 16 for kernel in kernels)
-    assert final.evaluate(x_test, y_test, verbose=0)[1] >= trained_mlp.evaluate(x_test, y_test, verbose=0)[1] - 0.03
+    assert final.evaluate(x_test, y_test, verbose=0)[1] >= mlp.evaluate(x_test, y_test, verbose=0)[1] - 0.03
 
 
-def test_errors_name_the_fix(trained_mlp):
+def test_errors_name_the_fix(mlp):
     with pytest.raises(ValueError, match="clusters"):
-        cluster(trained_mlp, clusters=1)
+        cluster(mlp, clusters=1)
     with pytest.raises(ValueError, match="init"):
-        cluster(trained_mlp, init="median")
+        cluster(mlp, init="median")
     with pytest.raises(ValueError, match="preserve_sparsity=True"):
-        cluster(tfc.prune(trained_mlp, 0.5))
+        cluster(tfc.prune(mlp, 0.5))
     with pytest.raises(ValueError, match="Drop `preserve=`"):
-        quantize(cluster(trained_mlp), preserve="clusters")
-    flatten = trained_mlp.layers[1].name
+        quantize(cluster(mlp), preserve="clusters")
+    flatten = mlp.layers[1].name
     with pytest.raises(ValueError, match=f"'{flatten}'.*cannot be clustered"):
-        cluster(trained_mlp, layers=[flatten])
-    unclustered = compile_classifier(cluster(trained_mlp))
+        cluster(mlp, layers=[flatten])
+    unclustered = compile_classifier(cluster(mlp))
     with pytest.raises(RuntimeError, match="CompressionCallback"):
         unclustered.fit(np.zeros((8, 8, 8, 1), "float32"), np.zeros(8, "int64"), verbose=0)
     import keras as keras3

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 from scipy.special import log_softmax, softmax
 
@@ -35,14 +35,12 @@ def small_cnn(seed=0, filters=8, units=16):
 
 
 @pytest.fixture(scope="module")
-def teacher(digits):
-    """The digits CNN trained on the full train split (about 99% test accuracy)."""
-    x, y, _, _ = digits
-    model = compile_classifier(cnn_digits_model(seed=0), learning_rate=3e-3)
-    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
-    return model
+def teacher(trained_cnn):
+    """This module's copy of the session's digits CNN (about 99% test accuracy); Distillers freeze it."""
+    return trained_cnn()
 
 
+@pytest.mark.slow
 def test_distilled_student_beats_the_student_trained_alone(teacher, digits):
     # 150 labelled digits; the teacher gives soft targets on the other train images (labels hidden).
     x, y, x_test, y_test = digits
@@ -287,6 +285,7 @@ def test_cached_dataset_gives_the_loss_of_cached_arrays(teacher, digits):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_prune_and_distill_in_one_fit_then_litert(teacher, digits):
     x, y, x_test, y_test = digits
     student = tfc.prune(dense_digits_model(seed=8, width=64), final_sparsity=0.8, end=0.5)
@@ -324,6 +323,7 @@ def test_prune_and_distill_in_one_fit_then_litert(teacher, digits):
     assert litert_accuracy == pytest.approx(keras_accuracy, abs=0.005)
 
 
+@pytest.mark.slow
 def test_prune_qat_and_distill_in_one_fit_converts_to_int8(teacher, digits):
     from tfcompress.quantization import quantize
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
 from tfcompress._keras import keras
@@ -26,23 +26,21 @@ def fit(model, data, epochs, batch_size=64, **kwargs):
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, **kwargs)
 
 
-def test_short_fit_reaches_target_on_every_layer(digits):
-    # 2 epochs of 22 steps: tfmot's default frequency=100 would never prune here.
-    model = compile_classifier(tfc.prune(cnn_digits_model(), final_sparsity=0.8))
-    fit(model, digits, epochs=2)
-    assert {w.layer.name for w in wrappers(model)} == {"conv1", "conv2", "dense", "logits"}
-    for layer in wrappers(model):
+def test_short_fit_reaches_target_on_every_layer(pruned_cnn):
+    # pruned_cnn: 2 epochs of 22 steps, where tfmot's default frequency=100 would never prune.
+    assert {w.layer.name for w in wrappers(pruned_cnn)} == {"conv1", "conv2", "dense", "logits"}
+    for layer in wrappers(pruned_cnn):
         assert kernel_sparsity(layer) == pytest.approx(0.8, abs=0.01), layer.name
 
 
-def test_pruned_accuracy_close_to_dense_twin(digits):
+@pytest.mark.slow
+def test_pruned_accuracy_close_to_dense_twin(trained_mlp, digits):
+    # trained_mlp is the dense twin: seed 2, 6 epochs of batch 32 at 3e-3; the pruned twin trains the same way.
     x, y, x_test, y_test = digits
-    dense = compile_classifier(dense_digits_model(seed=1), learning_rate=3e-3)
-    dense.fit(x, y, epochs=12, batch_size=32, verbose=0)
-    _, dense_accuracy = dense.evaluate(x_test, y_test, verbose=0)
+    _, dense_accuracy = trained_mlp().evaluate(x_test, y_test, verbose=0)
 
-    pruned = compile_classifier(tfc.prune(dense_digits_model(seed=1), 0.8), learning_rate=3e-3)
-    pruned.fit(x, y, epochs=12, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback()])
+    pruned = compile_classifier(tfc.prune(dense_digits_model(seed=2), 0.8), learning_rate=3e-3)
+    pruned.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback()])
     final = compile_classifier(tfc.strip(pruned))
     _, pruned_accuracy = final.evaluate(x_test, y_test, verbose=0)[:2]
     assert tfc.summary(final, print_fn=None).total.sparsity > 0.75
@@ -84,28 +82,34 @@ def test_constant_schedule_reaches_target(digits):
         assert kernel_sparsity(layer) == pytest.approx(0.7, abs=0.01)
 
 
-def test_original_model_is_untouched(digits):
-    model = dense_digits_model()
-    before = [w.copy() for w in model.get_weights()]
-    pruned = compile_classifier(tfc.prune(model, 0.8))
-    fit(pruned, digits, epochs=1)
-    for old, new in zip(before, model.get_weights()):
+@pytest.fixture(scope="module")
+def ramp(digits, tmp_path_factory):
+    """One 4-epoch unshuffled fit of prune(0.8, end=0.75), logged to CSV, and the model it was pruned from."""
+    original = dense_digits_model()
+    original_weights = [w.copy() for w in original.get_weights()]
+    model = compile_classifier(tfc.prune(original, 0.8, end=0.75))
+    csv_path = tmp_path_factory.mktemp("ramp") / "log.csv"
+    callbacks = [tfc.CompressionCallback(), keras.callbacks.CSVLogger(str(csv_path))]
+    history = fit(model, digits, epochs=4, shuffle=False, callbacks=callbacks)
+    return {"sparsity": history.history["sparsity"], "csv": csv_path, "original": original,
+            "original_weights": original_weights}
+
+
+def test_original_model_is_untouched(ramp):
+    for old, new in zip(ramp["original_weights"], ramp["original"].get_weights()):
         np.testing.assert_array_equal(old, new)
 
 
-def test_logs_history_and_csv_contain_sparsity(digits, tmp_path):
-    model = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=0.5))
-    csv_path = tmp_path / "log.csv"
-    history = fit(model, digits, epochs=4, callbacks=[tfc.CompressionCallback(), keras.callbacks.CSVLogger(str(csv_path))])
-    sparsity = history.history["sparsity"]
+def test_logs_history_and_csv_contain_sparsity(ramp):
+    sparsity = ramp["sparsity"]
     assert len(sparsity) == 4
     assert sparsity[0] < sparsity[1] <= sparsity[2] == pytest.approx(0.8, abs=0.01)
-    header, *rows = csv_path.read_text().splitlines()
+    header, *rows = ramp["csv"].read_text().splitlines()
     column = header.split(",").index("sparsity")
     assert float(rows[-1].split(",")[column]) == pytest.approx(0.8, abs=0.01)
 
 
-def test_initial_epoch_resume_continues_the_schedule(digits):
+def test_initial_epoch_resume_continues_the_schedule(ramp, digits):
     epochs = 4
 
     class StopAfterTwo(keras.callbacks.Callback):
@@ -113,10 +117,8 @@ def test_initial_epoch_resume_continues_the_schedule(digits):
             if epoch == 1:
                 self.model.stop_training = True
 
-    straight = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
-    expected = fit(straight, digits, epochs, shuffle=False).history["sparsity"]
-
-    resumed = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
+    expected = ramp["sparsity"]  # the same pruning, fit straight through
+    resumed = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=0.75))
     first = fit(resumed, digits, epochs, shuffle=False, callbacks=[tfc.CompressionCallback(), StopAfterTwo()])
     second = fit(resumed, digits, epochs, shuffle=False, initial_epoch=2)
     assert len(first.history["sparsity"]) == 2
@@ -125,7 +127,7 @@ def test_initial_epoch_resume_continues_the_schedule(digits):
     assert expected[1] < 0.79  # still ramping where the fit was cut
 
     # A model whose counters start fresh is put at epoch 2 of the schedule too.
-    fresh = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=1.0))
+    fresh = compile_classifier(tfc.prune(dense_digits_model(), 0.8, end=0.75))
     late = fit(fresh, digits, epochs, shuffle=False, initial_epoch=2)
     np.testing.assert_allclose(late.history["sparsity"], expected[2:], atol=1e-4)
 

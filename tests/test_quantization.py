@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 from ai_edge_litert.interpreter import Interpreter
-from helpers import cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import compile_classifier, dense_digits_model
 from litert_helpers import int8_flatbuffer, int8_kernels, litert_predict
 
 import tfcompress as tfc
@@ -19,11 +19,9 @@ def set_phase(model, on):
 
 
 @pytest.fixture(scope="module")
-def float_cnn(digits):
-    x, y, _, _ = digits
-    model = compile_classifier(cnn_digits_model(seed=3), learning_rate=3e-3)
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
-    return model
+def float_cnn(trained_cnn):
+    """This module's copy of the session's trained digits CNN; tests quantize clones of it."""
+    return trained_cnn()
 
 
 def test_before_start_training_is_exactly_float_training(digits):
@@ -82,6 +80,7 @@ def test_freeze_stops_ranges_and_batchnorm_statistics(digits):
         np.testing.assert_array_equal(final[name], value, err_msg=f"{name} moved after freeze")
 
 
+@pytest.mark.slow
 def test_qat_int8_flatbuffer_matches_float_accuracy_without_representative_data(float_cnn, digits):
     x, y, x_test, y_test = digits
     float_accuracy = float_cnn.evaluate(x_test, y_test, verbose=0)[1]
@@ -97,6 +96,7 @@ def test_qat_int8_flatbuffer_matches_float_accuracy_without_representative_data(
     assert tflite_accuracy >= float_accuracy - 0.01
 
 
+@pytest.mark.slow
 def test_prune_then_quantize_in_one_fit_keeps_zeros_in_int8(digits):
     x, y, x_test, y_test = digits
     dense = dense_digits_model()

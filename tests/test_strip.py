@@ -3,18 +3,10 @@
 import numpy as np
 import pytest
 import tf_keras
-from helpers import cnn_digits_model, compile_classifier
+from helpers import compile_classifier
 
 import tfcompress as tfc
 from tfcompress.pruning import PruneLowMagnitude
-
-
-@pytest.fixture(scope="module")
-def pruned_cnn(digits):
-    x, y, _, _ = digits
-    model = compile_classifier(tfc.prune(cnn_digits_model(), 0.8))
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback()])
-    return model
 
 
 def test_strip_removes_wrappers_and_keeps_outputs_and_zeros(pruned_cnn, digits):

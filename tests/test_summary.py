@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import compile_classifier, dense_digits_model
+from helpers import cnn_digits_model, dense_digits_model
 
 import tfcompress as tfc
 
@@ -22,19 +22,16 @@ def test_summary_of_dense_model_counts_everything():
     assert info.rows[2].gzip_bytes == len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 
-def test_summary_shows_pruning_on_wrapped_and_stripped_models(digits, capsys):
-    x, y, _, _ = digits
-    model = compile_classifier(tfc.prune(dense_digits_model(), 0.8))
-    dense_gzip = tfc.summary(model, print_fn=None).total.gzip_bytes  # masks all ones before fit
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback()])
-    wrapped = tfc.summary(model, print_fn=None)
-    stripped = tfc.summary(tfc.strip(model))
+def test_summary_shows_pruning_on_wrapped_and_stripped_models(pruned_cnn, capsys):
+    dense_gzip = tfc.summary(tfc.prune(cnn_digits_model(), 0.8), print_fn=None).total.gzip_bytes  # masks all ones before fit
+    wrapped = tfc.summary(pruned_cnn, print_fn=None)
+    stripped = tfc.summary(tfc.strip(pruned_cnn))
     printed = capsys.readouterr().out
-    assert "hidden2" in printed and "total" in printed and "80.0%" in printed and "32.0" in printed
+    assert "conv2" in printed and "total" in printed and "80.0%" in printed and "32.0" in printed
     assert wrapped.as_dict() == stripped.as_dict()
     for row in stripped.rows:
         assert row.sparsity == pytest.approx(0.8, abs=0.01)
-    final = tfc.strip(model)
+    final = tfc.strip(pruned_cnn)
     assert stripped.total.nonzero == sum(np.count_nonzero(w) for w in final.get_weights())
     assert stripped.total.gzip_bytes < 0.5 * dense_gzip
     json.dumps(stripped.as_dict())
