@@ -44,7 +44,35 @@ def fit(model, data, extra_callbacks=(), **kwargs):
 
 @pytest.fixture(scope="module")
 def uninterrupted(digits):
-    return {make: fit(make(), digits) for make in (pruned_and_quantized, clustered)}
+    """`{make: (model, history)}`: each model fit straight through its schedules. Tests only read the model."""
+    runs = {}
+    for make in (pruned_and_quantized, clustered):
+        model = make()
+        runs[make] = model, fit(model, digits)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def interrupted(digits, tmp_path_factory):
+    """`interrupted(make, fmt)` -> (model, first-epoch history, path).
+
+    One fit per model, stopped after its first epoch, saved once per format; tests
+    load from the path and only read the model.
+    """
+    directory = tmp_path_factory.mktemp("interrupted")
+    fits, paths = {}, {}
+
+    def get(make, fmt):
+        if make not in fits:
+            model = make()
+            fits[make] = model, fit(model, digits, [StopAfterFirstEpoch()])
+        model, first = fits[make]
+        if (make, fmt) not in paths:
+            paths[make, fmt] = directory / f"{make.__name__}_{FORMATS[fmt]}"
+            model.save(paths[make, fmt], **({"save_format": "tf"} if fmt == "SavedModel" else {}))
+        return model, first, paths[make, fmt]
+
+    return get
 
 
 def state_logs(history):
@@ -60,13 +88,10 @@ def state_logs(history):
     ],
 )
 def test_saved_mid_schedule_loads_and_trains_on_like_an_uninterrupted_fit(
-    make, wrapper, fmt, uninterrupted, digits, tmp_path
+    make, wrapper, fmt, uninterrupted, interrupted, digits
 ):
-    straight = uninterrupted[make]
-    model = make()
-    first = fit(model, digits, [StopAfterFirstEpoch()])
-    path = tmp_path / FORMATS[fmt]
-    model.save(path, **({"save_format": "tf"} if fmt == "SavedModel" else {}))
+    _, straight = uninterrupted[make]
+    model, first, path = interrupted(make, fmt)
     loaded = load_model(path)
     assert any(isinstance(layer, wrapper) for layer in loaded.layers)
     x_test = digits[2]
@@ -86,12 +111,10 @@ def test_saved_mid_schedule_loads_and_trains_on_like_an_uninterrupted_fit(
         assert all(np.unique(final.get_layer(name).kernel.numpy()).size <= 8 for name in ("hidden1", "logits"))
 
 
-def test_saved_model_resumes_the_schedules_with_a_fresh_optimizer(uninterrupted, digits, tmp_path, caplog):
-    straight = uninterrupted[pruned_and_quantized]
-    model = pruned_and_quantized()
-    first = fit(model, digits, [StopAfterFirstEpoch()])
-    model.save(tmp_path / "saved_model", save_format="tf")
-    loaded = load_model(tmp_path / "saved_model")
+def test_saved_model_resumes_the_schedules_with_a_fresh_optimizer(uninterrupted, interrupted, digits, caplog):
+    _, straight = uninterrupted[pruned_and_quantized]
+    model, first, path = interrupted(pruned_and_quantized, "SavedModel")
+    loaded = load_model(path)
     np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), model.predict(digits[2], verbose=0), atol=1e-6)
     assert "fresh optimizer" in caplog.text and ".keras or .h5" in caplog.text
     assert int(loaded.optimizer.iterations) == 0  # tf_keras restores no optimizer state from a SavedModel
@@ -103,12 +126,10 @@ def test_saved_model_resumes_the_schedules_with_a_fresh_optimizer(uninterrupted,
     assert first["sparsity"][0] < 0.6 and mask_sparsity(loaded) == pytest.approx(0.75, abs=0.01)  # masks advanced
 
 
-def test_saved_model_loaded_with_plain_tf_keras_reports_live_sparsity_and_phase(uninterrupted, digits, tmp_path):
-    straight = uninterrupted[pruned_and_quantized]
-    model = pruned_and_quantized()
-    first = fit(model, digits, [StopAfterFirstEpoch()])
-    model.save(tmp_path / "saved_model", save_format="tf")
-    loaded = keras.models.load_model(tmp_path / "saved_model", custom_objects=custom_objects())
+def test_saved_model_loaded_with_plain_tf_keras_reports_live_sparsity_and_phase(uninterrupted, interrupted, digits):
+    _, straight = uninterrupted[pruned_and_quantized]
+    _, first, path = interrupted(pruned_and_quantized, "SavedModel")
+    loaded = keras.models.load_model(path, custom_objects=custom_objects())
     rest = fit(loaded, digits, initial_epoch=1)
     for key in ("sparsity", "qat_phase"):
         np.testing.assert_allclose(first[key] + rest[key], straight[key], atol=1e-6, err_msg=key)
@@ -122,9 +143,8 @@ def test_fresh_wrapped_models_save_before_any_fit(tmp_path):
     np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
 
 
-def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(digits, tmp_path):
-    model = pruned_and_quantized()
-    fit(model, digits)
+def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(uninterrupted, digits, tmp_path):
+    model, _ = uninterrupted[pruned_and_quantized]
     final = tfc.strip(model)
     final.save(tmp_path / "stripped.keras")
     with pytest.raises(ValueError, match=r"\.h5.*SavedModel"):
@@ -137,13 +157,11 @@ def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(digits, t
     assert len(converter.convert()) > 0
 
 
-def test_custom_objects_work_with_plain_tf_keras_loading(digits, tmp_path):
-    model = clustered()
-    fit(model, digits, [StopAfterFirstEpoch()])
-    model.save(tmp_path / "model.h5")
-    plain = keras.models.load_model(tmp_path / "model.h5", custom_objects=custom_objects())
+def test_custom_objects_work_with_plain_tf_keras_loading(interrupted, digits):
+    model, _, path = interrupted(clustered, ".h5")
+    plain = keras.models.load_model(path, custom_objects=custom_objects())
     with custom_object_scope():
-        scoped = keras.models.load_model(tmp_path / "model.h5")
+        scoped = keras.models.load_model(path)
     expected = model.predict(digits[2], verbose=0)
     for loaded in (plain, scoped):
         np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), expected, atol=1e-6)
@@ -155,10 +173,8 @@ def test_missing_file_names_the_fix(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_teacher(digits):
-    model = compile_classifier(dense_digits_model(seed=11, width=64), learning_rate=3e-3)
-    model.fit(digits[0], digits[1], epochs=3, batch_size=64, verbose=0)
-    return model
+def teacher(trained_mlp):
+    return trained_mlp()
 
 
 def distilled_student(teacher):
@@ -170,8 +186,20 @@ def distilled_student(teacher):
 
 
 @pytest.fixture(scope="module")
-def straight_distilled(small_teacher, digits):
-    return fit(distilled_student(small_teacher), digits)
+def straight_distilled(teacher, digits):
+    return fit(distilled_student(teacher), digits)
+
+
+@pytest.fixture(scope="module")
+def interrupted_distiller(teacher, digits, tmp_path_factory):
+    """(distiller, first-epoch history, {format: path}): one distilled fit stopped after its first epoch, saved in every format."""
+    distiller = distilled_student(teacher)
+    first = fit(distiller, digits, [StopAfterFirstEpoch()])
+    directory = tmp_path_factory.mktemp("distilled")
+    paths = {fmt: directory / name for fmt, name in FORMATS.items()}
+    for path in paths.values():
+        distiller.save(path)  # the student, with its wrappers and their step counters
+    return distiller, first, paths
 
 
 def mask_sparsity(model):
@@ -180,14 +208,10 @@ def mask_sparsity(model):
 
 
 @pytest.mark.parametrize("fmt", [".keras", ".h5", "SavedModel"])
-def test_pruned_quantized_distilled_student_loads_and_trains_on(fmt, small_teacher, straight_distilled, digits, tmp_path):
+def test_pruned_quantized_distilled_student_loads_and_trains_on(fmt, teacher, straight_distilled, interrupted_distiller, digits):
     straight = straight_distilled
-    distiller = distilled_student(small_teacher)
-    first = fit(distiller, digits, [StopAfterFirstEpoch()])
-    path = tmp_path / FORMATS[fmt]
-    distiller.save(path)  # the student, with its wrappers and their step counters
-
-    loaded = load_model(path)
+    distiller, first, paths = interrupted_distiller
+    loaded = load_model(paths[fmt])
     hidden1 = loaded.get_layer("quant_prune_low_magnitude_hidden1")
     assert isinstance(hidden1, QuantizeWrapper) and isinstance(hidden1.layer, PruneLowMagnitude)
     x_test = digits[2]
@@ -196,7 +220,7 @@ def test_pruned_quantized_distilled_student_loads_and_trains_on(fmt, small_teach
     assert saved_sparsity == pytest.approx(first["sparsity"][0], abs=1e-6) and saved_sparsity < 0.75
 
     # A restarted job builds a new Distiller around the loaded student (its optimizer starts afresh).
-    resumed = tfc.Distiller(teacher=small_teacher, student=loaded, temperature=2.0)
+    resumed = tfc.Distiller(teacher=teacher, student=loaded, temperature=2.0)
     resumed.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rest = fit(resumed, digits, initial_epoch=1)
     for key in ("sparsity", "qat_phase"):
