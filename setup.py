@@ -16,7 +16,7 @@ VERSION = re.search(
 
 # The Colab tutorials and benchmark plots use matplotlib; tests execute the tutorials with nbclient.
 EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7"]
-DEV = EXAMPLES + ["pytest>=7.4", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "jupytext>=1.16"]
+DEV = EXAMPLES + ["pytest>=7.4", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "jupytext>=1.16", "jax[cpu]>=0.4.34"]
 
 setup(
     name="tfcompress",
