@@ -48,8 +48,32 @@ def fit(model, digits, callbacks, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(digits):
-    return fit(compressed_model(), digits, [])
+def straight_fit(digits):
+    """The fit straight through, as (logs by epoch, `sparsity` and `qat_phase` by step)."""
+    steps = StepLog()
+    return fit(compressed_model(), digits, [steps]), steps.steps
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(straight_fit):
+    return straight_fit[0]
+
+
+@pytest.fixture(scope="module")
+def interrupted(digits, tmp_path_factory):
+    """One fit cut after epoch 1, backed up three ways: BackupAndRestore, a .keras checkpoint, a weights file.
+
+    Returns (logs by epoch, paths); each test resumes from one path.
+    """
+    directory = tmp_path_factory.mktemp("interrupted")
+    paths = {"backup": str(directory / "backup"), "model": str(directory / "checkpoint.keras"),
+             "weights": str(directory / "weights.h5")}
+    savers = [
+        keras.callbacks.BackupAndRestore(paths["backup"]),
+        keras.callbacks.ModelCheckpoint(paths["model"]),
+        keras.callbacks.ModelCheckpoint(paths["weights"], save_weights_only=True),
+    ]
+    return fit(compressed_model(), digits, [*savers, Interrupt()]), paths
 
 
 def assert_same_course(epochs, expected):
@@ -66,28 +90,25 @@ def test_the_schedule_is_mid_course_where_the_fit_is_cut(uninterrupted):
     assert [uninterrupted[e]["qat_phase"] for e in range(EPOCHS)] == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_backup_and_restore_resumes_a_fresh_process_exactly(uninterrupted, digits, tmp_path):
-    backup = str(tmp_path / "backup")
-    first = fit(compressed_model(), digits, [keras.callbacks.BackupAndRestore(backup), Interrupt()])
+def test_backup_and_restore_resumes_a_fresh_process_exactly(uninterrupted, interrupted, digits):
+    first, paths = interrupted
     assert sorted(first) == [0, 1]
     # A new model object, as a restarted job builds it; BackupAndRestore restores weights, optimizer and epoch.
-    second = fit(compressed_model(), digits, [keras.callbacks.BackupAndRestore(backup)])
+    second = fit(compressed_model(), digits, [keras.callbacks.BackupAndRestore(paths["backup"])])
     assert sorted(second) == [2, 3]
     assert_same_course({**first, **second}, uninterrupted)
 
 
-def test_model_checkpoint_file_resumes_exactly(uninterrupted, digits, tmp_path):
-    path = str(tmp_path / "checkpoint.keras")
-    first = fit(compressed_model(), digits, [keras.callbacks.ModelCheckpoint(path), Interrupt()])
-    second = fit(load_model(path), digits, [], initial_epoch=INTERRUPTED_AFTER + 1)
+def test_model_checkpoint_file_resumes_exactly(uninterrupted, interrupted, digits):
+    first, paths = interrupted
+    second = fit(load_model(paths["model"]), digits, [], initial_epoch=INTERRUPTED_AFTER + 1)
     assert_same_course({**first, **second}, uninterrupted)
 
 
-def test_weights_only_checkpoint_restores_into_a_rebuilt_model(uninterrupted, digits, tmp_path):
-    path = str(tmp_path / "weights.h5")
-    first = fit(compressed_model(), digits, [keras.callbacks.ModelCheckpoint(path, save_weights_only=True), Interrupt()])
+def test_weights_only_checkpoint_restores_into_a_rebuilt_model(uninterrupted, interrupted, digits):
+    first, paths = interrupted
     model = compressed_model()
-    model.load_weights(path)
+    model.load_weights(paths["weights"])
     second = fit(model, digits, [], initial_epoch=INTERRUPTED_AFTER + 1)
     # Without optimizer state the loss path differs a little; the schedule does not.
     for epoch in (2, 3):
@@ -135,8 +156,8 @@ def fit_steps(model, digits, callbacks):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_steps(digits):
-    return fit_steps(compressed_model(), digits, [tfc.CompressionCallback(verbose=0)])
+def uninterrupted_steps(straight_fit):
+    return straight_fit[1]
 
 
 def resume_mid_epoch(digits, backup, compression_first):
