@@ -70,7 +70,7 @@ def test_unsupported_op_splits_the_graph_and_everything_after_runs_on_cpu(leaky_
     assert result.verification.accuracy_drop <= 0.03
 
 
-def test_softmax_and_relu_map_when_before_any_unsupported_op(leaky_model, digits, tmp_path):
+def test_softmax_and_relu_map_when_before_any_unsupported_op(digits, tmp_path):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
