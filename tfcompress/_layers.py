@@ -177,3 +177,40 @@ def per_layer_value(model, values, default, argument):
         return default
 
     return value_for
+
+
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def computes_in_half(model):
+    """True when a layer of `model` computes in float16 or bfloat16 (a mixed-precision policy)."""
+    return any(getattr(layer, "compute_dtype", None) in HALF_DTYPES for layer in walk(model) if not isinstance(layer, keras.Model))
+
+
+def _float32_config(config):
+    config = dict(config)
+    if "dtype" in config:
+        config["dtype"] = "float32"
+    inner = config.get("layer")
+    if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+        config["layer"] = {**inner, "config": _float32_config(inner["config"])}
+    return config
+
+
+def float32_copy(model):
+    """The same model computing in float32, with the same weights.
+
+    A model built under a mixed policy (`mixed_float16`, `mixed_bfloat16`)
+    keeps float32 variables and computes in half precision; the TFLite
+    converter and tfmot's fake quantization take float32 graphs only. The
+    copy rebuilds every layer (wrappers and the layers inside them too) with
+    `dtype="float32"` and copies the weights, so it predicts what the model
+    predicts up to half-precision rounding.
+
+    Arguments:
+        model: a Sequential or functional tf_keras model.
+
+    Returns:
+        A new, uncompiled model whose layers compute in float32.
+    """
+    return clone_with_weights(model, lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())))
