@@ -372,3 +372,17 @@ def test_training_without_the_callback_and_cloning_are_refused(digits):
         pruned.fit(x[:64], y[:64], epochs=1, verbose=0)
     with pytest.raises(ValueError, match="Call tfc.strip"):
         tfc.prune(pruned, 0.5)
+
+
+def test_channel_pruned_model_saved_mid_schedule_keeps_its_masks(tmp_path):
+    pruned = compiled(tfc.prune(digits_cnn(), 0.5, structure="channels"))
+    pruned.update_masks(0.25)
+    pruned.save(tmp_path / "pruned.keras")
+    loaded = keras.models.load_model(tmp_path / "pruned.keras")
+    assert type(loaded).__name__ == "ChannelPruned"
+    np.testing.assert_array_equal(loaded.kept, pruned.kept)
+    assert loaded.targets == pruned.targets
+    x = random_inputs(pruned)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), pruned(x, training=False).numpy(), atol=1e-6)
+    # The loaded masks are enforced again and still removable by strip.
+    assert_same_function(loaded, tfc.strip(loaded), x)

@@ -279,6 +279,7 @@ class ChannelPruned(keras.Model, Scheduled):
             raise unknown_length("channel pruning", "give tfc.prune absolute step numbers for `begin` and `end`")
         begin, end, frequency = schedule.resolve(total_steps)
         object.__setattr__(self, "_driven", True)
+        self.apply_masks()  # traces the mask function now, not inside the first batch
         targets = sorted(set(self.targets.values()))
         before, after = self.planned_cost()
         total = f" of {total_steps}" if total_steps else ""
