@@ -20,12 +20,6 @@ MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 HALF = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 HALF_NUMPY = {"mixed_float16": np.float16, "mixed_bfloat16": tf.bfloat16.as_numpy_dtype}
 
-# tfmot multiplies the autocast (float16) view of the kernel by the mask and assigns it back on every step.
-PRUNING_ROUNDS_KERNEL = (
-    "tfmot's weight_mask_op runs inside the wrapper's call, where the kernel reads as float16/bfloat16: "
-    "each training step rounds the float32 master kernel to the compute dtype "
-    "(fix: tfcompress/pruning/wrapper.py computes the mask updates with autocasting off)"
-)
 QAT_NEEDS_FLOAT32 = (
     "tfmot's FakeQuantWithMinMaxVars takes float32 only and tfc.quantize builds tfmot's layers under the "
     "mixed policy: a raw TypeError in quantize_layer (fix: tfc.quantize works on the float32 twin)"
@@ -33,12 +27,6 @@ QAT_NEEDS_FLOAT32 = (
 CONVERTER_NEEDS_FLOAT32 = (
     "the TFLite converter has no float16/bfloat16 Conv2D kernel ('tf.Conv2D' op is neither a custom op "
     "nor a flex op) (fix: tflite_export converts the float32 twin)"
-)
-# tfmot builds centroids from the kernel read under the wrapper's autocast scope.
-CLUSTERING_HALF_CENTROIDS = (
-    "tfmot's ClusterWeights.build reads the kernel as float16/bfloat16: kmeans++ rejects it and the "
-    "centroids become half-precision variables "
-    "(fix: tfcompress/clustering/wrapper.py builds with autocasting off)"
 )
 
 
@@ -155,7 +143,6 @@ def test_prune_under_a_mixed_policy_reaches_its_sparsity(policy, digits):
     assert final.predict(x_test[:4], verbose=0).dtype == np.float32
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=PRUNING_ROUNDS_KERNEL)
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
 def test_pruning_keeps_the_float32_master_kernel(policy, digits):
     # A step with learning rate 0 must leave the float32 kernel exactly as it was.
@@ -175,7 +162,6 @@ def test_pruning_keeps_the_float32_master_kernel(policy, digits):
 # ---- tfc.cluster ----
 
 
-@pytest.mark.xfail(strict=True, reason=CLUSTERING_HALF_CENTROIDS)
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
 def test_cluster_under_a_mixed_policy_shares_its_values(policy, digits):
     x, y, x_test, y_test = digits

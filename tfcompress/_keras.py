@@ -8,8 +8,11 @@ path a model takes; every other module imports tf_keras as `keras` and Keras 3
 as `keras3` from here.
 """
 
+import contextlib
+
 import keras as keras3
 import tf_keras as keras
+from tf_keras.src.mixed_precision.autocast_variable import enable_auto_cast_variables
 from keras.src.models.functional import Functional
 
 KERAS_PACKAGE = "tf_keras"
@@ -32,6 +35,28 @@ def weight_name(variable):
     this is the name that pairs a weight with its twin in another wrapper.
     """
     return variable.name.split("/")[-1].split(":")[0]
+
+
+def float32_variables():
+    """A context in which mixed-precision variables read as float32, not as their float16 view.
+
+    Inside a layer's call under `mixed_float16` / `mixed_bfloat16`, tf_keras
+    reads every float32 variable as the compute dtype; code that computes new
+    variable values from variables (pruning masks, cluster centroids) runs in
+    here so they keep float32 precision, as tf_keras computes regularizers.
+    """
+    return enable_auto_cast_variables(None)
+
+
+@contextlib.contextmanager
+def float32_global_policy():
+    """A context in which the global dtype policy is float32; the user's policy is back afterwards."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def is_keras3_object(obj):

@@ -213,4 +213,19 @@ def float32_copy(model):
     Returns:
         A new, uncompiled model whose layers compute in float32.
     """
-    return clone_with_weights(model, lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())))
+    return clone_with_weights(
+        model, lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())), copy=_copy_same_layer
+    )
+
+
+def _copy_same_layer(old, new):
+    """Copies `old`'s weights into its float32 copy `new`.
+
+    By name when the names are unique (a clustering wrapper reorders its
+    weights once called), else by position (a Bidirectional layer has two `kernel`s).
+    """
+    names = [weight_name(v) for v in old.weights]
+    if len(set(names)) == len(names):
+        copy_weights_by_name(old, new)
+    else:
+        copy_weights_by_position(old, new)

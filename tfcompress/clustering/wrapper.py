@@ -3,7 +3,7 @@
 import tensorflow as tf
 from tfcompress._tfmot import cluster_wrapper, clustering_centroids
 
-from tfcompress._keras import keras
+from tfcompress._keras import float32_variables, keras
 from tfcompress._layers import walk
 from tfcompress.scheduling import (
     Scheduled,
@@ -37,7 +37,9 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         self.weights_set_by_parent = False
 
     def build(self, input_shape):
-        super().build(input_shape)
+        # tfmot makes the centroids from the kernel: read it as float32, not as its float16 view.
+        with float32_variables():
+            super().build(input_shape)
         self.clustering_on = self.add_weight("clustering_on", shape=(), dtype=tf.int32, initializer="zeros", trainable=False)
 
     def call(self, inputs, training=None, **kwargs):

@@ -1,10 +1,12 @@
 """tfmot's pruning wrapper, with errors that name tfcompress's callback."""
 
+import inspect
+
 import numpy as np
 import tensorflow as tf
 from tfcompress._tfmot import pruning_wrapper, smart_cond
 
-from tfcompress._keras import keras
+from tfcompress._keras import float32_variables, keras
 from tfcompress._layers import walk
 from tfcompress.pruning.schedules import SCHEDULES
 from tfcompress.scheduling import missing_callback, tracing_for_saving
@@ -47,7 +49,11 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
         """
         if training is None:
             training = keras.backend.learning_phase()
+        # Under a mixed policy the kernel reads as float16 here: masking that view would round the float32 kernel.
+        with float32_variables():
+            self._add_mask_updates(training)
 
+    def _add_mask_updates(self, training):
         def increment_step():
             with tf.control_dependencies([self.pruning_step.assign_add(1)]):
                 return tf.no_op("update")
@@ -71,10 +77,12 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
         # Fractions in the schedule are only known once fit starts: say so before tfmot's graph assert does.
         if training is True and not getattr(self.pruning_schedule, "resolved", True) and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.layer.name!r}: schedule not resolved.)")
-        if self.updated_by_parent:
-            outputs = self.layer.call(inputs, **kwargs)
-        else:
-            outputs = super().call(inputs, training=training, **kwargs)
+        if not self.updated_by_parent:
+            # tfmot's call adds the same updates, but with the kernel read as float16 under a mixed policy.
+            self.update_masks(training)
+            if "training" in inspect.getfullargspec(self.layer.call).args:
+                kwargs["training"] = keras.backend.learning_phase() if training is None else training
+        outputs = self.layer.call(inputs, **kwargs)
         report = getattr(self, "_tfc_sparsity_report", None)
         if report is not None:
             metric, masks = report
