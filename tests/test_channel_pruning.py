@@ -59,7 +59,8 @@ def coupled_net(seed=0):
     """Every coupling in one net: BatchNorm, Concatenate, squeeze-excite Multiply, depthwise, residual Add, Flatten."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 1))
-    stem = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)))
+    stem = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+    stem = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(stem))
     branch1 = L.Conv2D(8, 1, activation="relu", name="branch1")(stem)
     branch2 = L.SeparableConv2D(12, 3, padding="same", activation="relu", name="branch2")(stem)
     joined = L.Concatenate(name="concat")([branch1, branch2])
@@ -157,7 +158,8 @@ def test_cnn_loses_half_its_channels_in_fit_and_strip_removes_them(pruned_cnn, t
     (entry,) = callback.plan
     assert entry["compression"] == "channel pruning" and entry["end_step"] == 99 and entry["total_steps"] == 132
     # Same layers, fewer filters and units, same function.
-    assert [type(layer).__name__ for layer in small.layers[1:]] == [type(layer).__name__ for layer in trained_cnn.layers]
+    types = [type(layer).__name__ for layer in trained_cnn.layers]
+    assert [type(layer).__name__ for layer in small.layers[1:]] == types
     assert [small.get_layer(n).get_config().get("filters") or small.get_layer(n).units
             for n in ("conv1", "conv2", "dense", "logits")] == [8, 16, 32, 10]
     assert_same_function(pruned, small, random_inputs(small))

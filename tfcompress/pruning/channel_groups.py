@@ -276,7 +276,8 @@ class ChannelGraph:
             return self._barrier
         if not _channels_last(layer):
             return self._barrier
-        if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)):
+        transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+        if isinstance(layer, transposed):
             return self._barrier
         if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
             return self._separable
@@ -405,7 +406,8 @@ class ChannelGraph:
 
     def _prelu(self, layer, inputs, outputs, keys, owners, zeros):
         (in_owners,), (zero,) = owners, zeros
-        if layer.shared_axes and (len(_shape(inputs[0])) - 1) in [a % len(_shape(inputs[0])) for a in layer.shared_axes]:
+        rank = len(_shape(inputs[0]))
+        if layer.shared_axes and rank - 1 in [a % rank for a in layer.shared_axes]:
             return self._barrier(layer, inputs, outputs, keys, owners, zeros)
         if self._shared_inputs(layer, owners):
             self._slice(layer, "alpha", -1, in_owners, STAT)
@@ -593,7 +595,8 @@ def _node_macs(node, kept):
         return positions * window * channels_in * channels_out
     if node.kind == "depthwise":
         return positions * window * channels_out
-    return positions * (window * channels_in * layer.depth_multiplier + channels_in * layer.depth_multiplier * channels_out)
+    expanded = channels_in * layer.depth_multiplier
+    return positions * (window * expanded + expanded * channels_out)
 
 
 def count_macs(model):

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tfcompress._keras import check_model, keras, weight_name
 from tfcompress._layers import clone_with_weights, layer_selector, named_layers
-from tfcompress.pruning.channel_groups import CHANNEL, IN, OUT, ChannelGraph, count_macs
+from tfcompress.pruning.channel_groups import CHANNEL, OUT, ChannelGraph, count_macs
 from tfcompress.pruning.schedules import (
     _MAX_FREQUENCY,
     _UPDATES_PER_SPAN,
@@ -149,7 +149,8 @@ class ChannelPruned(keras.Model, Scheduled):
         object.__setattr__(self, "_settings", dict(settings))
         object.__setattr__(self, "_schedule", schedule)
         object.__setattr__(self, "_driven", False)
-        object.__setattr__(self, "targets", {name: settings["targets"][name] for name in groups if name in settings["targets"]})
+        targets = {name: settings["targets"][name] for name in groups if name in settings["targets"]}
+        object.__setattr__(self, "targets", targets)
         self.channel_mask = self.add_weight(
             name="channel_mask", shape=(graph.num_classes + 1,), initializer="ones", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -456,7 +457,9 @@ def prune_channels(
         )
     if importance not in IMPORTANCE:
         raise ValueError(f"`importance` must be one of {IMPORTANCE}; got {importance!r}.")
-    settings, final_sparsity = _schedule_settings(schedule, initial_sparsity, final_sparsity, begin, end, power, frequency)
+    settings, final_sparsity = _schedule_settings(
+        schedule, initial_sparsity, final_sparsity, begin, end, power, frequency
+    )
     if final_sparsity is None:
         final_sparsity = DEFAULT_CHANNEL_SPARSITY
     final_sparsity = _validate_sparsity(final_sparsity, "final_sparsity")
