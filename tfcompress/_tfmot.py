@@ -20,6 +20,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import (
     quantize_layer,
     quantize_wrapper,
 )
+from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry,
 )
@@ -29,7 +30,10 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.pr
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_configs,
     default_8bit_quantize_registry,
+    default_8bit_quantizers,
+    default_8bit_transforms,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import model_transformer
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     prunable_layer,
     prune_registry,
@@ -58,12 +62,16 @@ __all__ = [
     "clustering_registry",
     "default_8bit_quantize_configs",
     "default_8bit_quantize_registry",
+    "default_8bit_quantizers",
+    "default_8bit_transforms",
+    "model_transformer",
     "prunable_layer",
     "prune_preserve_quantize_registry",
     "prune_registry",
     "pruning_wrapper",
     "quantize_aware_activation",
     "quantize_layer",
+    "quantize_utils",
     "quantize_wrapper",
     "smart_cond",
     "tfmot",

@@ -1,14 +1,11 @@
 """`quantize`: quantization-aware training wrappers whose phases follow the fit."""
 
 import copy
-import re
 
+from absl import logging
 from tfcompress._tfmot import (
     tfmot,
-    cluster_wrapper,
     default_8bit_quantize_configs,
-    default_8bit_quantize_registry,
-    pruning_wrapper,
     quantize_layer,
 )
 
@@ -17,6 +14,9 @@ from tfcompress._layers import all_layers, clone_with_weights, copy_weights_by_n
 from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
+from tfcompress.quantization.coverage import COMPRESSION_WRAPPERS, uncovered_error, uncovered_layers, user_layer
+from tfcompress.quantization.registry import FOLDING_CONVS, is_op_layer, op_needs_range
+from tfcompress.quantization.scheme import QuantizeScheme
 from tfcompress.quantization.wrappers import (
     WrappedLayerQuantizeConfig,
     QuantizeInput,
@@ -35,7 +35,7 @@ SCHEMES = {
     ),
 }
 
-_UNSUPPORTED = re.compile(r"Layer (\S+?):<class '([^']+)'> is not supported")
+UNSUPPORTED = ("error", "float")
 
 
 def attach_phase_report(model):
@@ -55,23 +55,20 @@ def _consumers(layer):
     return [node.outbound_layer for node in layer._outbound_nodes]
 
 
-_COMPRESSION_WRAPPERS = (pruning_wrapper.PruneLowMagnitude, cluster_wrapper.ClusterWeights)
-
-
 def _wrapped_conv_batchnorm(model):
-    """Configs for BatchNorms fed by a pruned or clustered convolution, as tfmot gives unwrapped ones.
+    """Configs for BatchNorms fed by a pruned or clustered convolution, as the layout gives unwrapped ones.
 
-    tfmot's layout transforms match Conv2D + BatchNorm (+ ReLU) by class name
-    and so miss a wrapped convolution; without this, BatchNorm would have no
-    config and a fake quant would sit between convolution and BatchNorm.
+    The layout transforms match Conv + BatchNorm (+ ReLU) by class name and
+    so miss a wrapped convolution; without this, a fake quant would sit
+    between convolution and BatchNorm and the converter could not fold them.
     """
     convs, norms = set(), {}
     for layer in all_layers(model):
-        if not isinstance(layer, _COMPRESSION_WRAPPERS):
+        if not isinstance(layer, COMPRESSION_WRAPPERS):
             continue
         inner, consumers = layer.layer, _consumers(layer)
         if (
-            isinstance(inner, keras.layers.Conv2D)
+            isinstance(inner, FOLDING_CONVS)
             and keras.activations.serialize(inner.activation) == "linear"
             and len(consumers) == 1
             and isinstance(consumers[0], keras.layers.BatchNormalization)
@@ -91,21 +88,28 @@ def _wrapped_conv_batchnorm(model):
     return convs, norms
 
 
-def _annotate(model, chosen):
-    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+def _selector(model, layers):
+    """`layer -> bool` for `layers=`; a predicate or class sees the layer inside a pruning/clustering wrapper."""
+    if layers is None:
+        return lambda layer: True
+    if callable(layers) and not isinstance(layers, type):
+        return lambda layer: bool(layers(user_layer(layer)))
+    chosen = layer_selector(model, layers)
+    return lambda layer: chosen(layer) or chosen(user_layer(layer))
+
+
+def _annotate(model, quantized, registry):
+    """`model` with tfmot's annotation on the layers named in `quantized`.
+
+    `TFOpLambda` layers stay unannotated (the annotation wrapper loses their
+    call arguments); the scheme's layout adds them by name.
+    """
     convs_into_norm, norm_configs = _wrapped_conv_batchnorm(model)
 
     def annotate(layer):
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"tfmot cannot quantize the nested model {layer.name!r}. Build the model "
-                "flat (its layers directly in the outer functional model) before tfc.quantize."
-            )
-        if chosen is not None and not chosen(layer):
+        if layer.name not in quantized or is_op_layer(layer):
             return layer
-        if isinstance(layer, _COMPRESSION_WRAPPERS):
-            if not registry.supports(layer.layer):
-                return layer
+        if isinstance(layer, COMPRESSION_WRAPPERS):
             config = WrappedLayerQuantizeConfig(
                 registry.get_quantize_config(layer.layer), quantize_activation=layer.name not in convs_into_norm
             )
@@ -124,7 +128,7 @@ def _with_phases(qat_model, model, start, freeze):
     the one the user passed: tfmot's cloning copies weights by position, and
     a clustering wrapper's weight order changes once it has been called.
     """
-    originals = {layer.name: layer for layer in all_layers(model) if isinstance(layer, _COMPRESSION_WRAPPERS)}
+    originals = {layer.name: layer for layer in all_layers(model) if isinstance(layer, COMPRESSION_WRAPPERS)}
 
     def swap(layer):
         config = layer.get_config()
@@ -148,12 +152,23 @@ def _with_phases(qat_model, model, start, freeze):
         return clone_with_weights(qat_model, swap, copy=copy_weights)
 
 
-def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
+def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsupported="error"):
     """Returns a copy of `model` with quantization-aware training (int8) wrappers.
 
     tfmot's default 8-bit scheme does the work (its quantizers, configs and
-    layout transforms, Conv + BatchNorm handling included); tfcompress adds
-    phases inside one fit, driven by `tfc.CompressionCallback`:
+    layout transforms, Conv + BatchNorm handling included), widened with
+    configs of tfcompress's own built from tfmot's: Conv1D, DepthwiseConv1D
+    and SeparableConv1D (a Conv1D's BatchNorm folds as Conv2D's does), Add,
+    Multiply and the other two-tensor merges, `TFOpLambda` arithmetic
+    (`x + 3.0`, `x * y`: MobileNetV3's hard-swish), Rescaling, Normalization,
+    standalone BatchNormalization, swish / sigmoid / GELU / ReLU6 / ELU
+    activations, pooling, reshapes and Embedding. Integer (token) inputs go
+    into the model unquantized. Five of these run two ops in one layer
+    (SeparableConv1D, Rescaling, Normalization, a BatchNormalization not
+    after a convolution, a SeparableConv2D inside a pruning wrapper): the
+    tensor between the two has no fake quant, and the int8 export calibrates
+    it from `representative_data` (without, those ops stay float). tfcompress
+    adds phases inside one fit, driven by `tfc.CompressionCallback`:
 
     * before `start` the model computes exactly what the float model computes,
       while the activation ranges are already being learned;
@@ -174,12 +189,21 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
             [0, 1]) or an optimizer step (int).
         freeze: when ranges and BatchNorm statistics freeze, or None.
         layers: which layers to quantize: names, layer classes or a predicate;
-            None quantizes every layer. Layers left out stay float.
+            None quantizes every layer. Layers left out stay float. Classes
+            and predicates see a pruned or clustered layer as the layer
+            inside its wrapper.
         preserve: for a model already stripped after pruning or clustering,
             tfmot's collaborative schemes keep that structure through QAT:
             "sparsity" (zeros), "clusters" (shared values) or
             "clusters+sparsity". A model still wrapped by `tfc.prune` keeps
             its zeros without it.
+        unsupported: what to do with chosen layers QAT cannot cover (an LSTM,
+            a LayerNormalization, a custom layer). "error" (default) raises
+            one ValueError listing all of them by class, with a `layers=`
+            filter that leaves them out. "float" keeps them float and trains
+            the rest with QAT; the int8 export must then calibrate their
+            ranges, so `tflite_export.export(..., precision="int8")` needs
+            `representative_data` for such a model.
 
     Returns:
         A new tf_keras model with quantization wrappers (compile it before fit).
@@ -210,22 +234,38 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None):
             "`preserve` is for stripped models; a model wrapped by tfc.prune or tfc.cluster keeps "
             "its zeros and shared values through QAT already. Drop `preserve=`."
         )
-    chosen = layer_selector(model, layers)
-    annotated = _annotate(model, chosen)
-    try:
-        with tfmot.quantization.keras.quantize_scope():
-            qat_model = tfmot.quantization.keras.quantize_apply(annotated, SCHEMES[preserve]())
-    except RuntimeError as error:
-        match = _UNSUPPORTED.search(str(error))
-        if not match:
-            raise
-        name, cls = match.group(1), match.group(2).rsplit(".", 1)[-1]
-        raise ValueError(
-            f"Layer {name!r} ({cls}) cannot be quantized by tfmot's default 8-bit scheme. "
-            f"Keep it float with `layers=lambda layer: layer.name != {name!r}`, or give it a "
-            "`tfmot.quantization.keras.QuantizeConfig` through "
-            "`tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=...)`."
-        ) from None
+    if unsupported not in UNSUPPORTED:
+        raise ValueError(f"`unsupported` must be one of {UNSUPPORTED}; got {unsupported!r}.")
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"tfmot cannot quantize the nested model {layer.name!r}. Build the model "
+                "flat (its layers directly in the outer functional model) before tfc.quantize."
+            )
+    chosen = _selector(model, layers)
+    uncovered = uncovered_layers(model, chosen)
+    if uncovered and unsupported == "error":
+        raise uncovered_error(model, chosen, uncovered)
+    if uncovered:
+        logging.warning(
+            "tfc.quantize keeps %d layer(s) float (unsupported='float'): %s. The int8 export "
+            "calibrates them: pass representative_data to tflite_export.export.",
+            len(uncovered), ", ".join(inner.name for _, inner, _ in uncovered),
+        )
+    float_names = {layer.name for layer, _, _ in uncovered}
+    quantized = {
+        layer.name for layer in model.layers
+        if chosen(layer) and layer.name not in float_names and not isinstance(layer, keras.layers.InputLayer)
+    }
+    op_layers = {
+        layer.name: op_needs_range(layer, quantized)
+        for layer in model.layers
+        if layer.name in quantized and is_op_layer(layer)
+    }
+    scheme = QuantizeScheme(SCHEMES[preserve](), op_layers=op_layers)
+    annotated = _annotate(model, quantized, scheme.get_quantize_registry())
+    with tfmot.quantization.keras.quantize_scope():
+        qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme)
     phased = _with_phases(qat_model, model, start, freeze)
     attach_phase_report(phased)
     return phased
