@@ -1,16 +1,21 @@
 """`cluster`: weight sharing with tfmot's clustering wrappers, started by the fit."""
 
+from absl import logging
 import tensorflow as tf
 from tfcompress._tfmot import clustering_registry, pruning_wrapper
 
 from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers
 from tfcompress.clustering.constraints import INITIALIZATIONS, cluster_with_constraints
-from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
+from tfcompress.clustering.wrapper import find_cluster_wrappers, wrapper_class
 from tfcompress.scheduling import validate_point
 
+# tfmot clusters these, but a rebuilt copy cannot take their trained weights before its first call.
+_LEFT_FLOAT = ("MultiHeadAttention",)
+
+
 def _clusterable(layer):
-    if not clustering_registry.ClusteringRegistry.supports(layer):
+    if type(layer).__name__ in _LEFT_FLOAT or not clustering_registry.ClusteringRegistry.supports(layer):
         return False
     return bool(clustering_registry.ClusteringRegistry.make_clusterable(layer).get_clusterable_weights())
 
@@ -79,6 +84,8 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
                 "its zeros: tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
             )
         copy = fresh_copy(layer)
+        if chosen is None and type(layer).__name__ in _LEFT_FLOAT:
+            skipped.append(layer.name)
         if (chosen is not None and not chosen(layer)) or not _clusterable(layer):
             if layer.name in named:
                 raise ValueError(
@@ -92,7 +99,7 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         with tf.name_scope(f"cluster_{layer.name}"):
             copy.build(layer._build_input_shape)
         copy.set_weights(layer.get_weights())
-        wrapper = ClusterWeights(
+        wrapper = wrapper_class(layer)(
             copy,
             clusters,
             begin=begin,
@@ -101,7 +108,11 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         )
         return wrapper, None
 
+    skipped = []
     clustered = clone_with_weights(model, wrap)
+    if skipped:
+        logging.warning("tfc.cluster left these layers unclustered (tfcompress cannot yet cluster %s): %s.",
+                        ", ".join(_LEFT_FLOAT), ", ".join(skipped))
     if not find_cluster_wrappers(clustered):
         raise ValueError("tfc.cluster found no layer tfmot can cluster in this model.")
     return clustered

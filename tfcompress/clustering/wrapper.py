@@ -103,3 +103,22 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
 def find_cluster_wrappers(model):
     """Every tfmot clustering wrapper in `model`, nested ones included."""
     return walk(model, cluster_wrapper.ClusterWeights)
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class ClusterWeightsRNN(cluster_wrapper.ClusterWeightsRNN, ClusterWeights):
+    """`ClusterWeights` for LSTM, GRU, SimpleRNN and Bidirectional layers (their cells hold the kernels)."""
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class ClusterWeightsMHA(cluster_wrapper.ClusterWeightsMHA, ClusterWeights):
+    """`ClusterWeights` for MultiHeadAttention (its kernels live in EinsumDense sublayers)."""
+
+
+def wrapper_class(layer):
+    """The clustering wrapper class that reaches `layer`'s kernels, as tfmot's `cluster_weights` picks it."""
+    if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+        return ClusterWeightsRNN
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return ClusterWeightsMHA
+    return ClusterWeights
