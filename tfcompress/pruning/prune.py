@@ -3,7 +3,7 @@
 from absl import logging
 from tfcompress._tfmot import prunable_layer, prune_registry, pruning_wrapper
 
-from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation
+from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, keras
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers, per_layer_value
 from tfcompress._metrics import report_metric
 from tfcompress.pruning.channels import prune_channels
@@ -172,6 +172,7 @@ def prune(
     if keras3:
         return prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n)
     skipped = []
+    attention = []
 
     def wrap(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
@@ -181,6 +182,15 @@ def prune(
             )
         copy = fresh_copy(layer)
         if chosen is not None and not chosen(layer):
+            return copy
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            # tfmot's wrapper calls its layer with one input; attention takes query and value.
+            if layer.name in named:
+                raise ValueError(
+                    f"Layer {layer.name!r} (MultiHeadAttention) cannot be pruned: tfmot's pruning "
+                    "wrapper passes one input, and attention takes query and value. Leave it out of `layers=`."
+                )
+            attention.append(layer.name)
             return copy
         weights = prunable_weight_names(layer)
         if not weights:
@@ -225,6 +235,12 @@ def prune(
             "tfc.prune left these layers dense because tfmot cannot prune them: %s. "
             "Implement tfmot.sparsity.keras.PrunableLayer on them to prune them.",
             ", ".join(skipped),
+        )
+    if attention:
+        logging.warning(
+            "tfc.prune left these MultiHeadAttention layers dense (tfmot's pruning wrapper passes one "
+            "input, and attention takes query and value): %s. The Dense layers around them are pruned.",
+            ", ".join(attention),
         )
     attach_sparsity_report(pruned)
     return pruned
