@@ -99,6 +99,10 @@ class Conv1DQuantizeConfig(ConvQuantizeConfig):
         layer.convolution_op = functools.partial(_conv1d_as_conv2d, layer)
 
 
+# tfcompress's config classes by name, for loading files that name them.
+CONFIGS = {"Conv1DQuantizeConfig": Conv1DQuantizeConfig}
+
+
 def _conv1d_config(layer):
     if layer.data_format == "channels_last":
         return Conv1DQuantizeConfig()

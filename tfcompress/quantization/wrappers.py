@@ -8,6 +8,7 @@ from tfcompress._tfmot import tfmot, cluster_wrapper, pruning_wrapper, quantize_
 from tfcompress._keras import keras
 from tfcompress._layers import copy_weights_by_name, fresh_copy, walk
 from tfcompress.quantization.gates import GatedQuantizer
+from tfcompress.quantization.registry import CONFIGS
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 from tfcompress.scheduling import (
     Scheduled,
@@ -247,7 +248,8 @@ class WrappedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     @classmethod
     def from_config(cls, config):
-        with tfmot.quantization.keras.quantize_scope():
+        # By class name: an .h5 file names tfcompress's configs without their registered package.
+        with tfmot.quantization.keras.quantize_scope(CONFIGS):
             return cls(keras.utils.deserialize_keras_object(config["inner"]), config.get("quantize_activation", True))
 
     def __deepcopy__(self, memo):
