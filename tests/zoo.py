@@ -1,0 +1,298 @@
+"""The models users bring, in tiny sizes, and the coverage matrix's cells run on them.
+
+Shared by `tests/test_zoo.py` (asserts every cell) and `benchmarks/bench_zoo.py`
+(prints the matrix with figures). Every model is built offline (`weights=None`)
+and trained on shipped or synthetic data:
+
+* images: scikit-learn's digits, upsampled to 32x32x3;
+* keyword spotting: synthetic (49 frames x 10 features) signals, one tone pattern per class;
+* text: synthetic token sequences whose class is the token band they draw from.
+
+A cell either works, with its figures, or raises one error; `run_cell` returns
+which, so a test can assert both kinds of cell.
+"""
+
+import dataclasses
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import tfcompress as tfc
+from tfcompress._keras import keras
+from tfcompress.demo import load_digits
+
+CLASSES = 10
+VOCABULARY = 200
+SEQUENCE = 24
+
+COLUMNS = (
+    "prune", "quantize", "prune+quantize", "cluster", "distill",
+    "fp32", "fp16", "dynamic", "int8", "edgetpu",
+)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def images(n_train=256, n_test=64):
+    """Digits upsampled to 32x32x3 in [0, 1]: (x_train, y_train, x_test, y_test)."""
+    (x_train, y_train), (x_test, y_test) = load_digits()
+
+    def grow(x):
+        x = np.kron(x[..., 0], np.ones((4, 4), np.float32))
+        return np.repeat(x[..., None], 3, axis=-1).astype("float32")
+
+    return grow(x_train[:n_train]), y_train[:n_train], grow(x_test[:n_test]), y_test[:n_test]
+
+
+def signals(n_train=256, n_test=64, seed=0):
+    """Keyword-spotting-like inputs (49 frames x 10 features): a class is a frequency and a band."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, CLASSES, n)
+    t = np.arange(49)[None, :, None]
+    band = np.arange(10)[None, None, :]
+    x = np.sin(2 * np.pi * (1 + y[:, None, None]) * t / 49.0) * np.exp(-((band - y[:, None, None]) ** 2) / 4.0)
+    x = (x + 0.3 * rng.standard_normal(x.shape)).astype("float32")
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def tokens(n_train=256, n_test=64, seed=0):
+    """Token sequences (int32): class k draws most tokens from its own band of the vocabulary."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, CLASSES, n)
+    band = (VOCABULARY - 1) // CLASSES
+    own = 1 + y[:, None] * band + rng.integers(0, band, (n, SEQUENCE))
+    noise = rng.integers(1, VOCABULARY, (n, SEQUENCE))
+    x = np.where(rng.random((n, SEQUENCE)) < 0.6, own, noise).astype("int32")
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+def _applications(name):
+    apps = keras.applications
+    # Logits out (no softmax): the matrix compares logits between Keras and LiteRT.
+    common = dict(input_shape=(32, 32, 3), weights=None, classes=CLASSES, classifier_activation=None)
+    build = {
+        "MobileNetV2": lambda: apps.MobileNetV2(alpha=0.35, **common),
+        "MobileNetV3Small": lambda: apps.MobileNetV3Small(alpha=0.75, **common),
+        "MobileNetV3Large": lambda: apps.MobileNetV3Large(alpha=0.75, **common),
+        "EfficientNetB0": lambda: apps.EfficientNetB0(**common),
+        "ResNet50V2": lambda: apps.ResNet50V2(**common),
+        "DenseNet121": lambda: apps.DenseNet121(**common),
+    }[name]
+    return build()
+
+
+def keyword_net():
+    """A DS-CNN-style keyword spotter: Conv1D, SeparableConv1D, BatchNorm, ReLU."""
+    inputs = keras.Input((49, 10))
+    x = keras.layers.Conv1D(32, 5, padding="same", use_bias=False, name="c1")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    for i in (2, 3):
+        x = keras.layers.SeparableConv1D(32, 3, padding="same", use_bias=False, name=f"sep{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = keras.layers.Dense(CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs, name="keyword_net")
+
+
+def text_rnn(cell):
+    """Embedding + LSTM/GRU text classifier on int32 tokens."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    x = keras.layers.Embedding(VOCABULARY, 16, name="embedding")(inputs)
+    x = cell(32, name=cell.__name__.lower())(x)
+    outputs = keras.layers.Dense(CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"text_{cell.__name__.lower()}")
+
+
+def transformer_block():
+    """A one-block Transformer encoder: MultiHeadAttention, LayerNormalization, GELU."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    x = keras.layers.Embedding(VOCABULARY, 32, name="embedding")(inputs)
+    attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16, name="attention")(x, x)
+    x = keras.layers.LayerNormalization(name="norm1")(keras.layers.Add(name="residual1")([x, attention]))
+    hidden = keras.layers.Dense(64, activation="gelu", name="ffn1")(x)
+    hidden = keras.layers.Dense(32, name="ffn2")(hidden)
+    x = keras.layers.LayerNormalization(name="norm2")(keras.layers.Add(name="residual2")([x, hidden]))
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = keras.layers.Dense(CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs, name="transformer")
+
+
+APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "ResNet50V2", "DenseNet121")
+MODELS = APPLICATIONS + ("KeywordNet", "TextLSTM", "TextGRU", "Transformer")
+
+
+def build(name, seed=0):
+    """A fresh, untrained model by matrix row name."""
+    keras.utils.set_random_seed(seed)
+    if name in APPLICATIONS:
+        return _applications(name)
+    return {
+        "KeywordNet": keyword_net,
+        "TextLSTM": lambda: text_rnn(keras.layers.LSTM),
+        "TextGRU": lambda: text_rnn(keras.layers.GRU),
+        "Transformer": transformer_block,
+    }[name]()
+
+
+def data_for(name):
+    """The matrix row's (x_train, y_train, x_test, y_test)."""
+    if name in APPLICATIONS:
+        return images()
+    if name == "KeywordNet":
+        return signals()
+    return tokens()
+
+
+# ---- cells ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cell:
+    """One cell: `works` with `figures`, or the `error` it raised (type and first line)."""
+
+    model: str
+    column: str
+    works: bool
+    figures: dict
+    error: str = ""
+    seconds: float = 0.0
+
+    def short(self):
+        if not self.works:
+            return "error"
+        keys = ("sparsity", "clusters", "agreement", "cosine", "bytes", "integer", "tpu_ops")
+        return ", ".join(f"{k}={_fmt(self.figures[k])}" for k in keys if k in self.figures) or "works"
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _compile(model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _fit(model, data, epochs=1, batch_size=32, steps=None):
+    x, y = data[0], data[1]
+    if steps:
+        x, y = x[: steps * batch_size], y[: steps * batch_size]
+    _compile(model).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+                        callbacks=[tfc.CompressionCallback(verbose=0)])
+    return model
+
+
+def _pruned_kernel_sparsity(model):
+    from tfcompress.pruning.wrapper import find_pruning_wrappers
+
+    arrays = [(w.pruning_vars[0][0] * w.pruning_vars[0][1]).numpy() for w in find_pruning_wrappers(model)]
+    return float(sum((a == 0).sum() for a in arrays) / sum(a.size for a in arrays))
+
+
+def _max_values_per_kernel(model):
+    """The most distinct values in one kernel that a clustering wrapper shares, after `tfc.strip`."""
+    from tfcompress._keras import weight_name
+    from tfcompress.clustering.wrapper import find_cluster_wrappers
+
+    clustered = {w.layer.name: set(w.original_clusterable_weights) for w in find_cluster_wrappers(model)}
+    stripped = tfc.strip(model)
+    counts = [
+        np.unique(w.numpy()).size
+        for layer in stripped.layers if layer.name in clustered
+        for w in layer.weights if weight_name(w) in clustered[layer.name]
+    ]
+    return max(counts)
+
+
+def export_figures(model, precision, data, directory):
+    """Exports `model` at `precision`, verifies it on LiteRT; returns the cell's figures."""
+    import tflite_export
+    from tflite_export.verification import run_flatbuffer
+
+    x_train, _, x_test, _ = data
+    path = os.path.join(directory, f"{model.name}_{precision}.tflite")
+    result = tflite_export.export(
+        model, path, precision=precision, representative_data=x_train[:64], latency_runs=0,
+    )
+    keras_logits = np.asarray(model.predict(x_test, verbose=0), np.float64)
+    with open(path, "rb") as f:
+        tflite_logits = np.asarray(run_flatbuffer(f.read(), x_test)[0], np.float64)
+    cosine = np.sum(keras_logits * tflite_logits, 1) / (
+        np.linalg.norm(keras_logits, axis=1) * np.linalg.norm(tflite_logits, axis=1) + 1e-12
+    )
+    figures = {
+        "bytes": result.bytes,
+        "agreement": float(np.mean(keras_logits.argmax(1) == tflite_logits.argmax(1))),
+        "cosine": float(np.mean(cosine)),
+        "integer": bool(result.report.fully_integer),
+    }
+    if result.edgetpu is not None:
+        figures["tpu_ops"] = f"{result.edgetpu.mapped}/{len(result.edgetpu.ops)}"
+    return figures
+
+
+def run_cell(name, column, model=None, data=None, directory=None):
+    """Runs one cell of the matrix on a fresh (or given, trained) model; never raises.
+
+    Returns:
+        A `Cell`.
+    """
+    data = data if data is not None else data_for(name)
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            figures = _run(name, column, model, data, directory or scratch)
+        return Cell(name, column, True, figures, seconds=time.perf_counter() - start)
+    except Exception as error:  # a cell reports its error; the test asserts it is the clear one
+        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return Cell(name, column, False, {}, error=message, seconds=time.perf_counter() - start)
+
+
+def _run(name, column, model, data, directory):
+    fresh = model is None
+    model = build(name) if fresh else model
+    if column == "prune":
+        pruned = _fit(tfc.prune(model, final_sparsity=0.5, end=0.5), data, steps=4)
+        return {"sparsity": _pruned_kernel_sparsity(pruned)}
+    if column == "quantize":
+        qat = _fit(tfc.quantize(model), data, steps=4)
+        return export_figures(tfc.strip(qat), "int8", data, directory)
+    if column == "prune+quantize":
+        both = _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=4)
+        figures = {"sparsity": _pruned_kernel_sparsity(both)}
+        figures.update(export_figures(tfc.strip(both), "int8", data, directory))
+        return figures
+    if column == "cluster":
+        clustered = _fit(tfc.cluster(model, 16), data, steps=4)
+        return {"clusters": _max_values_per_kernel(clustered)}
+    if column == "distill":
+        teacher = model if not fresh else _fit(build(name, seed=1), data, steps=4)
+        student = build(name, seed=2)
+        distiller = tfc.Distiller(teacher=teacher, student=student, temperature=4.0)
+        distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"])
+        history = distiller.fit(data[0][:128], data[1][:128], epochs=1, batch_size=32, verbose=0,
+                                callbacks=[tfc.CompressionCallback(verbose=0)])
+        loss = float(history.history["loss"][-1])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"distillation loss is {loss}")
+        return {"loss": loss}
+    if fresh:
+        _fit(model, data, steps=4)
+    return export_figures(model, column, data, directory)
