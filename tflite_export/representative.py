@@ -53,8 +53,25 @@ def _iter_arrays(data):
     yield _to_numpy(_first_of_pair(data, pair_types=(tuple,)))
 
 
-def collect_samples(data, input_shape, max_samples=256, name="representative_data"):
-    """Draws at most `max_samples` validated float32 samples for calibration.
+def _integer_samples(array, dtype, name):
+    """Token ids (or other integer inputs) as the model's integer dtype; floats only when whole."""
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or (array != np.round(array)).any():
+            raise RepresentativeDataError(
+                f"{name} has non-integer values (dtype {array.dtype}), but the model takes {dtype} "
+                "inputs such as token ids. Pass the integer ids the model is fed in training."
+            )
+    info = np.iinfo(dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise RepresentativeDataError(
+            f"{name} has values in [{array.min()}, {array.max()}], outside the model's {dtype} input "
+            f"range [{info.min}, {info.max}]. Pass the ids the model is fed in training."
+        )
+    return array.astype(dtype)
+
+
+def collect_samples(data, input_shape, max_samples=256, name="representative_data", dtype="float32"):
+    """Draws at most `max_samples` validated calibration samples.
 
     Arguments:
         data: numpy array of inputs, `(x, y)` tuple, `tf.data.Dataset` (batched or
@@ -63,17 +80,23 @@ def collect_samples(data, input_shape, max_samples=256, name="representative_dat
             `None` entries match any size.
         max_samples: upper bound on samples taken (the rest is never read).
         name: argument name shown in errors.
+        dtype: the model's input dtype. Float models take float data (integer data is
+            refused: it is usually not preprocessed like the training inputs); integer
+            models (token ids for an Embedding) take integer data, kept as integers.
 
     Returns:
-        A float32 array of shape `(n, *input_shape)` with `1 <= n <= max_samples`.
+        An array of shape `(n, *input_shape)` with `1 <= n <= max_samples`: float32
+        for a float model, `dtype` for an integer one.
 
     Raises:
-        RepresentativeDataError: empty data, NaN/inf, wrong shape, or non-float type.
+        RepresentativeDataError: empty data, NaN/inf, wrong shape, or the wrong kind of type.
 
     Example:
 
     >>> collect_samples(x_train, (8, 8, 1), max_samples=100).shape
     (100, 8, 8, 1)
+    >>> collect_samples(token_ids, (24,), dtype="int32").dtype
+    dtype('int32')
     """
     if data is None:
         raise RepresentativeDataError(f"{name} is None; pass {_ACCEPTED}.")
@@ -81,16 +104,19 @@ def collect_samples(data, input_shape, max_samples=256, name="representative_dat
         raise RepresentativeDataError(f"{name} got a {type(data).__name__}; pass {_ACCEPTED}.")
     if not isinstance(max_samples, int) or max_samples < 1:
         raise ValueError(f"max_samples must be a positive int, got {max_samples!r}.")
+    dtype = np.dtype(dtype)
+    integer_model = np.issubdtype(dtype, np.integer)
+    kind = f"{dtype} (integer)" if integer_model else "float"
     input_shape = tuple(input_shape)
     expected = "(batch, " + ", ".join("?" if d is None else str(d) for d in input_shape) + ")"
     chunks, count = [], 0
     for array in _iter_arrays(data):
         if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise RepresentativeDataError(
-                f"{name} has dtype {array.dtype}; expected float inputs shaped {expected}, "
+                f"{name} has dtype {array.dtype}; expected {kind} inputs shaped {expected}, "
                 "preprocessed exactly like the training inputs."
             )
-        if not np.issubdtype(array.dtype, np.floating):
+        if not integer_model and not np.issubdtype(array.dtype, np.floating):
             raise RepresentativeDataError(
                 f"{name} has integer/bool dtype {array.dtype}, but the model takes float inputs. "
                 "Preprocess it exactly like the training inputs (e.g. x.astype('float32') / 255.0) "
@@ -106,12 +132,16 @@ def collect_samples(data, input_shape, max_samples=256, name="representative_dat
                 f"(array shape {array.shape}), but the model's input is {expected}. "
                 "Pass model inputs only (not labels), with the same shape as in training."
             )
-        array = array[: max_samples - count].astype(np.float32)
-        if not np.isfinite(array).all():
-            raise RepresentativeDataError(
-                f"{name} contains NaN or infinite values; calibration would produce invalid "
-                "quantization ranges. Clean the data (e.g. np.nan_to_num or drop those rows)."
-            )
+        array = array[: max_samples - count]
+        if integer_model:
+            array = _integer_samples(array, dtype, name)
+        else:
+            array = array.astype(np.float32)
+            if not np.isfinite(array).all():
+                raise RepresentativeDataError(
+                    f"{name} contains NaN or infinite values; calibration would produce invalid "
+                    "quantization ranges. Clean the data (e.g. np.nan_to_num or drop those rows)."
+                )
         chunks.append(array)
         count += len(array)
         if count >= max_samples:
@@ -128,7 +158,8 @@ def as_converter_dataset(samples):
     """Wraps calibration samples as the callable `TFLiteConverter.representative_dataset` wants.
 
     Arguments:
-        samples: float32 array `(n, *input_shape)` from `collect_samples`.
+        samples: array `(n, *input_shape)` from `collect_samples` (float32, or the model's
+            integer dtype).
 
     Returns:
         A zero-argument callable yielding `[sample[None]]`, one sample at a time.

@@ -68,13 +68,30 @@ def default_runtime_loads(content):
         return False
 
 
+def variable_tensors(content):
+    """Names of the tensors a flatbuffer keeps between invokes (a fused LSTM's state), in its main subgraph."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    subgraph = schema.Model.GetRootAsModel(content, 0).Subgraphs(0)
+    return [subgraph.Tensors(i).Name().decode("utf-8", "replace") for i in range(subgraph.TensorsLength())
+            if subgraph.Tensors(i).IsVariable()]
+
+
 def _quantize(x, detail):
     scale, zero_point = detail["quantization"]
     dtype = detail["dtype"]
     if np.issubdtype(dtype, np.integer) and scale:
         info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
+        return np.clip(np.round(np.asarray(x, np.float32) / scale + zero_point), info.min, info.max).astype(dtype)
+    return x.astype(dtype)  # float inputs, and integer inputs that are not quantized (token ids)
+
+
+def model_inputs(x):
+    """`x` as an array the model can take: integer arrays (token ids) kept, anything else float32."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        return x
+    return x.astype(np.float32)
 
 
 def _dequantize(y, detail):
@@ -85,14 +102,18 @@ def _dequantize(y, detail):
 
 
 def run_flatbuffer(content, x, num_threads=1, batch_size=256):
-    """Runs a single-input, single-output flatbuffer on LiteRT; float in, float out.
+    """Runs a single-input, single-output flatbuffer on LiteRT; real values in, float out.
 
-    Integer IO (int8/uint8/int16) is quantized and dequantized with the file's own
-    scale and zero point, so callers always pass and receive real values.
+    Quantized IO (int8/uint8/int16) is quantized and dequantized with the file's own
+    scale and zero point, so callers always pass and receive real values. An input
+    the file keeps as integers (int32 token ids) is fed as integers. A file with a
+    fixed batch (1 for the Edge TPU and for recurrent models) runs batch by batch, and
+    its variable tensors (a fused LSTM's state) are reset before every batch, so each
+    example is its own sequence, as in Keras.
 
     Arguments:
         content: flatbuffer bytes.
-        x: float inputs shaped `(n, *input_shape)`.
+        x: inputs shaped `(n, *input_shape)`: floats, or integers for integer inputs.
         num_threads: interpreter threads.
         batch_size: examples per invoke when the batch axis is dynamic.
 
@@ -112,19 +133,25 @@ def run_flatbuffer(content, x, num_threads=1, batch_size=256):
             f"inputs and {len(out)} outputs. Run it with ai_edge_litert's Interpreter directly."
         )
     inp, out = inp[0], out[0]
-    x = np.asarray(x, dtype=np.float32)
+    x = model_inputs(x)
     expected = tuple(int(d) for d in inp["shape"][1:])
     if x.shape[1:] != expected:
         raise ValueError(f"x has examples shaped {x.shape[1:]}, but the model's input is "
                          f"(batch, {', '.join(map(str, expected))}).")
     dynamic_batch = int(inp["shape_signature"][0]) == -1
     step = batch_size if dynamic_batch else int(inp["shape"][0])
+    if not dynamic_batch and len(x) % step:
+        raise ValueError(f"The file's batch is fixed at {step}, and {len(x)} examples do not divide "
+                         f"into batches of {step}; pass a multiple of {step} examples.")
+    stateful = bool(variable_tensors(content))
     results = []
     for start in range(0, len(x), step):
         chunk = x[start:start + step]
         if dynamic_batch and interpreter.get_input_details()[0]["shape"][0] != len(chunk):
             interpreter.resize_tensor_input(inp["index"], [len(chunk), *expected])
             interpreter.allocate_tensors()
+        if stateful:
+            interpreter.reset_all_variables()
         interpreter.set_tensor(inp["index"], _quantize(chunk, inp))
         interpreter.invoke()
         results.append(_dequantize(interpreter.get_tensor(out["index"]).copy(), out))
@@ -136,7 +163,7 @@ def median_latency_ms(content, example, num_threads=1, runs=100, warmup=10):
 
     Arguments:
         content: flatbuffer bytes.
-        example: one float input shaped `input_shape` (no batch axis).
+        example: one input shaped `input_shape` (no batch axis): float, or integer ids.
         num_threads: interpreter threads (1 matches the issue's single-core figure).
         runs: timed invokes; the median is reported.
         warmup: untimed invokes first (allocations, caches).
@@ -154,9 +181,12 @@ def median_latency_ms(content, example, num_threads=1, runs=100, warmup=10):
     if int(inp["shape"][0]) != 1:
         interpreter.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
         interpreter.allocate_tensors()
-    value = _quantize(np.asarray(example, np.float32)[None], inp)
+    value = _quantize(model_inputs(example)[None], inp)
+    stateful = bool(variable_tensors(content))
     times = []
     for i in range(warmup + runs):
+        if stateful:  # a new sequence each time, as an app would run it (not timed)
+            interpreter.reset_all_variables()
         interpreter.set_tensor(inp["index"], value)
         start = time.perf_counter()
         interpreter.invoke()
@@ -191,15 +221,15 @@ def compare(content, x, y=None, *, keras_model=None, reference_content=None, num
             latency_runs=100):
     """Core of `verify` on bytes: accuracy, agreement, output difference, latency."""
     try:
-        x = np.asarray(x, dtype=np.float32)
+        x = model_inputs(x)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"x must hold numeric model inputs, got dtype {np.asarray(x).dtype}; pass the float "
-            "inputs the model takes, e.g. x_test.astype('float32')."
+            "inputs the model takes, e.g. x_test.astype('float32'), or integer ids for a text model."
         ) from error
     if len(x) == 0:
         raise ValueError("x is empty; pass at least one validation example.")
-    if not np.isfinite(x).all():
+    if x.dtype == np.float32 and not np.isfinite(x).all():
         raise ValueError(
             "x contains NaN or infinite values, which make accuracy meaningless; drop or fix those "
             "examples first (e.g. x[np.isfinite(x).reshape(len(x), -1).all(axis=1)])."
@@ -245,7 +275,8 @@ def verify(path, x, y=None, *, keras_model=None, reference=None, num_threads=1, 
 
     Arguments:
         path: the `.tflite` file.
-        x: float validation inputs `(n, *input_shape)`, preprocessed like training data.
+        x: validation inputs `(n, *input_shape)`, preprocessed like training data (float
+            inputs, or integer ids for a model that takes them, e.g. an Embedding).
         y: integer labels (or one-hot rows); without them, no accuracy is reported.
         keras_model: optional Keras model the file came from (tf_keras or Keras 3); gives
             Keras accuracy, top-1 agreement and max absolute output difference.
