@@ -165,3 +165,26 @@ def test_a_failed_conversion_carries_the_converters_log_and_prints_nothing(tmp_p
     assert str(error.value).endswith(error.value.converter_log)
     assert "Last lines of the TFLite converter's log" in str(error.value)
     assert _files(tmp_path) == []
+
+
+def test_integer_input_model_takes_whole_ids_only(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24,), dtype="int32"), keras.layers.Embedding(17, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    ids = np.arange(24 * 8).reshape(8, 24) % 17
+    for data, message in [(ids + 0.5, "non-integer values"), (ids.astype("int64") + 2**40, "outside the model's int32"),
+                          (np.array([["a"] * 24] * 8), r"expected int32 \(integer\) inputs")]:
+        with pytest.raises(RepresentativeDataError, match=message):
+            tflite_export.export(model, tmp_path / "m.tflite", "int8", representative_data=data)
+    assert _files(tmp_path) == []
+
+
+def test_a_recurrent_loop_that_cannot_be_unrolled_is_refused_before_calibration(tmp_path):
+    # Calibrating the WHILE loop a GRU converts to crashes the process; a variable-length GRU
+    # cannot be unrolled, so the export must stop with an error first.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 4)), keras.layers.GRU(8, name="gru"), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).random((16, 12, 4)).astype("float32")
+    with pytest.raises(tflite_export.ConversionError, match=r"loop that gru.*fixed number of timesteps.*unroll=True"):
+        tflite_export.export(model, tmp_path / "m.tflite", "int8", representative_data=x)
+    assert _files(tmp_path) == []

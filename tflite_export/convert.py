@@ -21,7 +21,7 @@ from tflite_export.inspection import report_from_bytes
 from tflite_export.metadata import embed_metadata
 from tflite_export.representative import as_converter_dataset, collect_samples
 from tflite_export.result import ExportResult
-from tflite_export.verification import compare, default_runtime_loads
+from tflite_export.verification import compare, default_runtime_loads, variable_tensors
 
 logger = logging.getLogger("tflite_export")
 
@@ -243,18 +243,44 @@ def _input_shape(model):
     return tuple(model.inputs[0].shape[1:])
 
 
-def _converter(model, precision, samples, io_dtype, sparse):
+def _input_dtype(model):
+    """The numpy dtype of the model's input: float32 for images, int32 for token ids."""
+    return np.dtype(_tf().as_dtype(model.inputs[0].dtype).as_numpy_dtype)
+
+
+def _rnn_class(model):
+    if _is_keras3(model):
+        import keras as keras3
+
+        return keras3.layers.RNN
+    return _keras().layers.RNN
+
+
+def recurrent_layers(model):
+    """The model's recurrent layers (LSTM, GRU, SimpleRNN, ... and those inside Bidirectional)."""
+    rnn = _rnn_class(model)
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, rnn)]
+
+
+def _needs_static_batch(error):
+    # TensorList ops (what a recurrent loop keeps its outputs in) legalize only with a known batch.
+    return "TensorListReserve" in str(error)
+
+
+def _converter(model, precision, samples, io_dtype, sparse, fixed_batch=False):
     tf = _tf()
     keras3 = _is_keras3(model)
-    if precision == "edgetpu" or keras3:
-        # A concrete function fixes the batch (1 for the Edge TPU); for Keras 3 it also avoids
-        # from_keras_model's export step, which prints its signature to stdout.
+    if precision == "edgetpu" or keras3 or fixed_batch:
+        # A concrete function fixes the batch (1 for the Edge TPU and for recurrent layers, whose
+        # loops convert only with a static batch); for Keras 3 it also avoids from_keras_model's
+        # export step, which prints its signature to stdout.
         shape = _input_shape(model)
         if precision == "edgetpu" and any(d is None for d in shape):
             raise EdgeTPUCompatibilityError(
                 f"The model's input shape (batch, {shape}) has dynamic dimensions; the Edge TPU needs "
                 "static shapes. Build it with keras.Input(shape=(H, W, C)) of fixed size.")
-        batch = 1 if precision == "edgetpu" else None
+        batch = 1 if precision == "edgetpu" or fixed_batch else None
         spec = tf.TensorSpec([batch, *shape], model.inputs[0].dtype)
         function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
         trackable = model
@@ -283,6 +309,8 @@ def _converter(model, precision, samples, io_dtype, sparse):
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if precision == "edgetpu":
         io_dtype = io_dtype or "uint8"
+    # The converter applies an integer IO type to float inputs only: integer inputs (token
+    # ids) stay int32, as they must (quantizing an id would change which row it picks).
     if io_dtype and io_dtype != "float32":
         dtype = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[io_dtype]
         converter.inference_input_type = dtype
@@ -290,15 +318,23 @@ def _converter(model, precision, samples, io_dtype, sparse):
     return converter
 
 
-def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False, *, verbose=False):
-    """Runs the TFLite converter once and returns flatbuffer bytes (no file, no checks).
+def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False, *, fixed_batch=None,
+                     notes=None, verbose=False):
+    """Runs the TFLite converter and returns flatbuffer bytes (no file, no checks).
+
+    A model with recurrent layers (LSTM, GRU, ...) is converted from a batch-1
+    signature: with a dynamic batch the converter fails on `TensorListReserve`. Any
+    other model that fails that way is converted again from a batch-1 signature.
 
     Arguments:
         model: a tf_keras model without pruning/clustering wrappers.
         precision: one of `PRECISIONS`.
-        samples: float32 calibration samples for int8/int16x8/edgetpu (None for QAT models).
+        samples: calibration samples for int8/int16x8/edgetpu (None for QAT models).
         io_dtype: `None`/"float32", "int8", "uint8" or "int16" IO (see `export`).
         sparse: apply the converter's sparse encoding.
+        fixed_batch: True converts from a batch-1 signature, False from a dynamic batch;
+            None (default) decides as described above.
+        notes: a list to append the decision to, when a batch-1 signature is used.
         verbose: show the converter's own log instead of capturing it.
 
     Returns:
@@ -312,18 +348,38 @@ def convert_to_bytes(model, precision, samples=None, io_dtype=None, sparse=False
 
     >>> content = convert_to_bytes(model, "fp16")
     """
+    recurrent = recurrent_layers(model) if fixed_batch is None else []
+    if fixed_batch is None:
+        fixed_batch = bool(recurrent)
+    reason = f"its recurrent layers ({', '.join(layer.name for layer in recurrent)})" if recurrent else ""
     with quiet(verbose) as log:
-        converter = _converter(model, precision, samples, io_dtype, sparse)
-        start = log.mark()
         try:
-            with warnings.catch_warnings():
-                # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
-                warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-                return converter.convert()
-        except Exception as e:
-            error = _conversion_error(e, precision)
-            error.converter_log = log.tail(since=start)
-            raise error from e
+            content = _run_converter(_converter(model, precision, samples, io_dtype, sparse, fixed_batch),
+                                     precision, log)
+        except (ConversionError, EdgeTPUCompatibilityError) as error:
+            if fixed_batch or not _needs_static_batch(error.__cause__):
+                raise
+            content = _run_converter(_converter(model, precision, samples, io_dtype, sparse, True),
+                                     precision, log)
+            reason = "its TensorList ops (a loop over time steps)"
+    if reason and notes is not None and precision != "edgetpu":
+        notes.append(f"converted from a batch-1 signature: {reason} convert only with a static batch "
+                     "(with a dynamic batch the converter fails on TensorListReserve); the file takes "
+                     "one example per invoke, and verification runs it example by example")
+    return content
+
+
+def _run_converter(converter, precision, log):
+    start = log.mark()
+    try:
+        with warnings.catch_warnings():
+            # TF1-era warning about `quantized_input_stats`; the TF2 converter derives them.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            return converter.convert()
+    except Exception as e:
+        error = _conversion_error(e, precision)
+        error.converter_log = log.tail(since=start)
+        raise error from e
 
 
 def _conversion_error(e, precision):
@@ -338,12 +394,96 @@ def _conversion_error(e, precision):
         return ConversionError(
             f"Full-integer conversion failed: {detail}. Some op has no int8 kernel; use "
             "precision='dynamic' or 'fp16', or replace that layer.")
+    if precision == "int16x8" and "16x8-bit not yet supported" in detail:
+        return ConversionError(
+            f"The TFLite converter failed for precision 'int16x8': {detail}. That op has no 16x8 "
+            "kernel; use precision='int8' or 'dynamic'.")
     return ConversionError(f"The TFLite converter failed for precision {precision!r}: {detail}")
+
+
+def _has_loop(content):
+    """True when the flatbuffer keeps control flow (a WHILE loop, more subgraphs than the main one)."""
+    structure = parse_flatbuffer(content)
+    return structure.num_subgraphs > 1 or any(op.name in ("WHILE", "IF") for op in structure.ops)
+
+
+def _fuses(layer):
+    # tf_keras's LSTM with its default activations (the layers that could use cuDNN) becomes
+    # TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM, which calibrates; every other recurrent layer
+    # becomes a WHILE loop.
+    return type(layer).__name__ == "LSTM" and bool(getattr(layer, "_could_use_gpu_kernel", False))
+
+
+def _unrolled_config(config):
+    config = dict(config)
+    if "unroll" in config:
+        config["unroll"] = True
+    for key in ("layer", "backward_layer"):  # Bidirectional's forward and backward layers
+        inner = config.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            config[key] = {**inner, "config": _unrolled_config(inner["config"])}
+    return config
+
+
+def _unrolled_copy(model, names):
+    """`model` with the recurrent layers named in `names` unrolled, same weights."""
+    def clone(layer):
+        config = layer.get_config()
+        return layer.__class__.from_config(_unrolled_config(config) if layer.name in names else config)
+
+    if _is_keras3(model):
+        import keras as keras3
+
+        copy = keras3.models.clone_model(model, clone_function=clone)
+        copy.set_weights(model.get_weights())
+        return copy
+    from tfcompress._layers import clone_with_weights
+
+    return clone_with_weights(model, clone)
+
+
+def _calibratable(model, notes):
+    """A model whose graph the converter can calibrate: recurrent layers that become a loop are unrolled.
+
+    The converter's calibration runs the float graph in TFLite's interpreter, and that crashes
+    the process (a segmentation fault) on the WHILE loop a GRU or SimpleRNN converts to. A
+    float conversion first shows whether the graph keeps a loop.
+
+    Returns:
+        `(model, unrolled layer names, the FP32 flatbuffer of the model given)`.
+    """
+    probe = convert_to_bytes(model, "fp32")
+    if not _has_loop(probe):
+        return model, [], probe
+    names = [layer.name for layer in recurrent_layers(model) if not _fuses(layer)]
+    names = names or [layer.name for layer in recurrent_layers(model)]
+    advice = ("Build those layers with unroll=True and a fixed sequence length, or export at "
+              "precision='fp32', 'fp16' or 'dynamic', which need no calibration.")
+    try:
+        unrolled = _unrolled_copy(model, set(names))
+    except Exception as e:
+        # Keras wraps a layer's error in call details; its own sentence is the first other line.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if not line.startswith(("Exception encountered", "Call arguments",
+                                                                       "•"))), type(e).__name__)
+        raise ConversionError(
+            f"Calibration cannot run the loop that {', '.join(names)} convert(s) to, and unrolling "
+            f"them failed: {reason} {advice}") from e
+    if _has_loop(convert_to_bytes(unrolled, "fp32")):
+        raise ConversionError(
+            "The converted model keeps a loop (WHILE) even with its recurrent layers unrolled, and "
+            "the converter's calibration cannot run loops. " + advice)
+    notes.append(f"unrolled {', '.join(names)} over the time steps for calibration: the converter's "
+                 "calibration cannot run the WHILE loop such a layer converts to; the unrolled copy "
+                 "computes the same function with the same weights")
+    return unrolled, names, probe
 
 
 def _check_edgetpu(content):
     structure = parse_flatbuffer(content)
-    float_tensors = [t.name for t in structure.tensors if t.dtype in FLOAT_TYPES]
+    # Tensors no op reads or writes (a fused LSTM's empty "intermediate" placeholders) compute nothing.
+    used = {i for op in structure.ops for i in op.inputs + op.outputs} | set(structure.inputs + structure.outputs)
+    float_tensors = [t.name for t in structure.tensors if t.dtype in FLOAT_TYPES and t.index in used]
     float_ops = list(dict.fromkeys(op.name for op in structure.float_ops()))
     if float_tensors or float_ops:
         raise EdgeTPUCompatibilityError(
@@ -351,7 +491,9 @@ def _check_edgetpu(content):
             f"float tensors: {', '.join(float_tensors[:5])}), so edgetpu_compiler would reject it or "
             "run those ops on the CPU. Replace those layers with int8-capable ones.")
     for t in structure.input_tensors + structure.output_tensors:
-        if t.dtype not in ("uint8", "int8") or any(d < 0 for d in t.shape_signature) or t.shape[0] != 1:
+        # Integer ids (an Embedding's input) stay int32: quantizing an id would change its row.
+        allowed = ("uint8", "int8", "int32") if t.index in structure.inputs else ("uint8", "int8")
+        if t.dtype not in allowed or any(d < 0 for d in t.shape_signature) or t.shape[0] != 1:
             raise EdgeTPUCompatibilityError(
                 f"IO tensor {t.name!r} is {t.dtype}{t.shape_signature}; the Edge TPU needs uint8/int8 "
                 "IO with a static batch of 1.")
@@ -376,7 +518,10 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             QAT layers, is converted as `tfcompress.strip(model)` gives it (`result.stripped`
             names what was stripped); tfmot's standard QAT layers are kept so their learned
             ranges are used. A Keras 3 model (or a `.keras`/`.h5`
-            file Keras 3 wrote) with defined inputs is converted as is.
+            file Keras 3 wrote) with defined inputs is converted as is. A model with recurrent layers (LSTM, GRU, ...)
+            is converted from a batch-1 signature (`result.fixed_batch`); for calibrated
+            precisions, layers that become a loop (GRU, SimpleRNN) are unrolled
+            (`result.unrolled`), since calibration cannot run loops.
         path: destination `.tflite` file. Written only after every check passed; an
             existing file there is replaced in one atomic rename, and a failed export
             leaves it (and the directory) as they were.
@@ -386,7 +531,8 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             `io_dtype="int8"`, batch 1, static shapes; fails if any op stays float).
         representative_data: calibration inputs for int8/int16x8/edgetpu: numpy array,
             `(x, y)` tuple, `tf.data.Dataset` (batched or not), or a generator. Not needed
-            for a QAT model at int8/edgetpu.
+            for a QAT model at int8/edgetpu. For a model with integer inputs (token ids into
+            an Embedding), integer ids: they stay int32 in the file, never quantized.
         validation_data: `(x, y)`; when given, the flatbuffer runs on LiteRT and the result
             reports its accuracy next to Keras', top-1 agreement, max abs output difference
             and median 1-thread latency next to the FP32 flatbuffer's (the FP32 reference is
@@ -461,12 +607,18 @@ def _export(model, path, precision, representative_data, validation_data, *, max
                 "(e.g. representative_data=x_train[:256]) to calibrate activation ranges. "
                 "Models trained with quantization-aware training need none for int8/edgetpu.")
         if representative_data is not None:
-            samples = collect_samples(representative_data, _input_shape(model), max_calibration_samples)
+            samples = collect_samples(representative_data, _input_shape(model), max_calibration_samples,
+                                      dtype=_input_dtype(model))
     elif representative_data is not None:
         notes.append(f"representative_data ignored: {precision} needs no calibration")
 
     started = time.perf_counter()
-    content = convert_to_bytes(model, precision, samples, io_dtype)
+    float_model, unrolled = model, []
+    if samples is not None and recurrent_layers(model):
+        model, unrolled, probe = _calibratable(model, notes)
+        if not qat:  # the probe is this model's FP32 file: the latency reference
+            _REFERENCES[original] = (_weights_digest(original), probe, [])
+    content = convert_to_bytes(model, precision, samples, io_dtype, notes=notes)
     conversion_seconds = time.perf_counter() - started
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
     sparsity = weight_sparsity(model)
@@ -478,7 +630,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         sparse_state = f"not sparse ({sparsity:.0%} zero weights)"
     else:
         started = time.perf_counter()
-        sparse_content = convert_to_bytes(model, precision, samples, io_dtype, sparse=True)
+        sparse_content = convert_to_bytes(model, precision, samples, io_dtype, sparse=True)  # batch as above
         conversion_seconds += time.perf_counter() - started
         sparse_bytes = len(sparse_content)
         if sparse_bytes >= dense_bytes:
@@ -500,6 +652,10 @@ def _export(model, path, precision, representative_data, validation_data, *, max
                 "those layers were not quantized by QAT. Pass representative_data to calibrate them, "
                 "or quantize every layer in training.")
 
+    if variable_tensors(content):
+        notes.append("the file keeps state between invokes (a fused LSTM's variable tensors): call "
+                     "interpreter.reset_all_variables() before each new sequence, as verification does")
+
     edgetpu = None
     if precision == "edgetpu":
         _check_edgetpu(content)
@@ -513,8 +669,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         # The FP32 reference only times the export: without latency runs it is not converted.
         reference = None
         if latency_runs:
-            reference = content if precision == "fp32" else _fp32_reference(original, model, qat, notes)
-        verification = compare(content, x, y, keras_model=model, reference_content=reference,
+            reference = content if precision == "fp32" else _fp32_reference(original, float_model, qat, notes)
+        verification = compare(content, x, y, keras_model=float_model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
     elif min_accuracy is not None or max_accuracy_drop is not None:
@@ -523,10 +679,12 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     atomic_write_bytes(path, content)
     if edgetpu is not None:
         edgetpu.path = path
+    batch = parse_flatbuffer(content).input_tensors[0].shape_signature[0]
     return ExportResult(
         path=path, precision=precision, report=report_from_bytes(content, path),
         verification=verification, edgetpu=edgetpu,
         calibration_samples=0 if samples is None else len(samples), stripped=stripped,
         quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
         sparse_bytes=sparse_bytes, conversion_seconds=conversion_seconds, notes=notes,
+        fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled,
     )

@@ -264,7 +264,11 @@ def mapping_report(path_or_bytes, path=None):
         model_problems.append(f"the file has {structure.num_subgraphs} subgraphs; the Edge TPU "
                               "compiler maps only one (remove control flow such as tf.cond/while)")
     for t in structure.input_tensors + structure.output_tensors:
-        if t.dtype not in _QUANTIZED:
+        if t.index in structure.inputs and t.dtype in ("int32", "int64"):
+            model_problems.append(f"input tensor {t.name!r} is {t.dtype} (integer ids, e.g. an "
+                                  "Embedding's input): the Edge TPU takes uint8/int8 tensors, so the "
+                                  "ops reading it run on the CPU")
+        elif t.dtype not in _QUANTIZED:
             model_problems.append(f"IO tensor {t.name!r} is {t.dtype}; export with "
                                   "precision='edgetpu' for uint8/int8 IO")
         if any(d < 0 for d in t.shape_signature):

@@ -218,8 +218,14 @@ class ExportResult:
         dense_bytes: size without sparse encoding (equals `bytes` unless sparse was used).
         sparse_bytes: size with sparse encoding when it was tried, else None.
         conversion_seconds: wall time the TFLite converter took for this file (the sparse
-            variant included when tried; the FP32 latency reference and verification not).
+            variant included when tried, and for a recurrent model calibrated, the FP32
+            conversion that checks its graph for loops; verification not).
         notes: human-readable log of decisions taken during the export.
+        fixed_batch: the batch size the file's input is fixed to (1 for the Edge TPU and for
+            models with recurrent layers, which convert only from a fixed-batch signature),
+            None when the batch axis is dynamic.
+        unrolled: names of recurrent layers converted unrolled over their time steps (the
+            converter's calibration cannot run the loop a GRU or SimpleRNN becomes).
     """
 
     path: str
@@ -235,6 +241,8 @@ class ExportResult:
     sparse_bytes: int = None
     notes: list = field(default_factory=list)
     conversion_seconds: float = None
+    fixed_batch: int = None
+    unrolled: list = field(default_factory=list)
 
     @property
     def bytes(self):
@@ -263,6 +271,7 @@ class ExportResult:
             "stripped": self.stripped, "quantization_aware": self.quantization_aware,
             "sparse_encoding": self.sparse_encoding, "dense_bytes": self.dense_bytes,
             "sparse_bytes": self.sparse_bytes, "conversion_seconds": self.conversion_seconds,
+            "fixed_batch": self.fixed_batch, "unrolled": self.unrolled,
             "notes": self.notes,
             "model": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
@@ -289,6 +298,8 @@ class ExportResult:
             ("stripped", f"compression wrappers ({', '.join(self.stripped)}) with tfcompress.strip before conversion"
              if self.stripped else None),
             ("quantization-aware", "yes" if self.quantization_aware else None),
+            ("fixed batch", self.fixed_batch),
+            ("unrolled", f"{', '.join(self.unrolled)} (for calibration)" if self.unrolled else None),
             ("conversion time", None if self.conversion_seconds is None else f"{self.conversion_seconds:.2f} s"),
         ]
         if self.verification:

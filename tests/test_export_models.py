@@ -1,0 +1,115 @@
+"""tflite_export.export on architectures beyond the digits CNN: recurrent and Embedding text models.
+
+The text models read real shipped data: rows 2-4 of each 8x8 digit (24 pixels, intensities
+0..16) are a sequence of 24 token ids from a 17-word vocabulary, labelled with the digit.
+"""
+
+import numpy as np
+import pytest
+
+import tflite_export
+from helpers import compile_classifier
+from tflite_export.flatbuffer import parse_flatbuffer, read_flatbuffer
+from tflite_export.verification import variable_tensors
+from tfcompress._keras import keras
+
+
+def _token_ids(images):
+    return np.rint(images[:, 2:5, :, 0] * 16).reshape(len(images), 24).astype("int32")
+
+
+@pytest.fixture(scope="module")
+def tokens(digits):
+    """(x_train, y_train, x_test, y_test): int32 token ids shaped (n, 24), digit labels."""
+    x_train, y_train, x_test, y_test = digits
+    return _token_ids(x_train), y_train, _token_ids(x_test), y_test
+
+
+def _text_model(tokens, *layers, embedding, epochs, learning_rate):
+    x_train, y_train, _, _ = tokens
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24,), dtype="int32"), keras.layers.Embedding(17, embedding), *layers,
+                              keras.layers.Dense(10)])
+    compile_classifier(model, learning_rate).fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def recurrent_models(tokens):
+    """`{"LSTM": model, "GRU": model}`: 32-wide Embedding + 48-unit recurrent layer + Dense, 4 epochs.
+
+    Every kernel has >= 1024 weights, the least the converter quantizes at `dynamic` (and a
+    fused LSTM takes int8 weights only when all of its kernels have them).
+    """
+    return {cell: _text_model(tokens, getattr(keras.layers, cell)(48, name=cell.lower()), embedding=32,
+                              epochs=4, learning_rate=3e-3)
+            for cell in ("LSTM", "GRU")}
+
+
+def _export(model, tmp_path, precision, tokens):
+    x_train, _, x_test, y_test = tokens
+    return tflite_export.export(model, tmp_path / f"{precision}.tflite", precision,
+                                representative_data=x_train[:64] if precision == "int8" else None,
+                                validation_data=(x_test, y_test), latency_runs=0)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_models, tokens, tmp_path):
+    model = recurrent_models[cell]
+    assert model.evaluate(tokens[2], tokens[3], verbose=0)[1] > 0.3  # it learned something (chance: 0.1)
+    results = {p: _export(model, tmp_path, p, tokens) for p in ("fp32", "dynamic", "int8")}
+    for precision, result in results.items():
+        assert result.fixed_batch == 1, precision
+        assert result.inputs[0]["dtype"] == "int32" and result.inputs[0]["shape"] == [1, 24]
+        assert any("batch-1 signature" in note and cell.lower() in note for note in result.notes)
+        assert result.conversion_seconds > 0
+        assert result.verification.samples == len(tokens[2])  # every example, one invoke each
+    fp32, dynamic, int8 = results["fp32"], results["dynamic"], results["int8"]
+    assert fp32.verification.agreement >= 0.95 and fp32.verification.max_abs_diff < 1e-4
+    assert dynamic.verification.agreement >= 0.95
+    assert dynamic.bytes < 0.6 * fp32.bytes  # int8 recurrent kernels
+    assert not dynamic.report.fully_integer
+    assert int8.report.fully_integer, int8.report.float_ops
+    assert int8.verification.agreement >= 0.95
+    if cell == "LSTM":
+        # TFLite's fused LSTM, full integer, keeps its state in variable tensors between invokes.
+        for result in results.values():
+            assert result.op_counts.get("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1 and "WHILE" not in result.op_counts
+            assert variable_tensors(read_flatbuffer(result.path))
+            assert any("reset_all_variables" in note for note in result.notes)
+        assert int8.unrolled == []
+        assert {"int8", "int16"} <= set(int8.report.tensor_dtypes)
+    else:
+        # A GRU converts to a WHILE loop, which calibration cannot run: int8 converts it unrolled.
+        assert fp32.op_counts.get("WHILE") == 1 and dynamic.op_counts.get("WHILE") == 1
+        assert int8.unrolled == ["gru"] and "WHILE" not in int8.op_counts
+        assert parse_flatbuffer(read_flatbuffer(int8.path)).num_subgraphs == 1
+        assert any("unrolled gru" in note for note in int8.notes)
+        assert "unrolled" in str(int8) and int8.to_dict()["unrolled"] == ["gru"]
+
+
+@pytest.fixture(scope="module")
+def bag_of_tokens(tokens):
+    """Embedding + GlobalAveragePooling1D + Dense on the digit-row tokens."""
+    return _text_model(tokens, keras.layers.GlobalAveragePooling1D(), embedding=8, epochs=20, learning_rate=1e-2)
+
+
+def test_integer_representative_data_calibrates_an_embedding_model(bag_of_tokens, tokens, tmp_path):
+    x_train, _, x_test, y_test = tokens
+    result = tflite_export.export(bag_of_tokens, tmp_path / "bag.tflite", "int8", representative_data=x_train[:128],
+                                  validation_data=(x_test, y_test), latency_runs=3)
+    assert result.calibration_samples == 128
+    assert result.report.fully_integer and "GATHER" in result.op_counts
+    assert result.inputs[0]["dtype"] == "int32" and "scale" not in result.inputs[0]  # ids are not quantized
+    assert result.fixed_batch is None  # no recurrent layer: the batch stays dynamic
+    assert result.verification.agreement >= 0.95
+    assert abs(result.verification.accuracy_drop) <= 0.03
+    assert result.verification.latency_ms > 0
+    # verify() feeds integer ids as integers too, and agrees with what export measured.
+    again = tflite_export.verify(result.path, x_test, y_test, keras_model=bag_of_tokens, latency_runs=0)
+    assert again.tflite_accuracy == result.verification.tflite_accuracy
+    # Whole numbers stored as floats are ids too.
+    floats = tflite_export.export(bag_of_tokens, tmp_path / "floats.tflite", "int8",
+                                  representative_data=x_train[:128].astype("float32"))
+    assert floats.calibration_samples == 128 and floats.report.fully_integer
+
