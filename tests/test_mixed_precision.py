@@ -20,10 +20,6 @@ MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 HALF = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 HALF_NUMPY = {"mixed_float16": np.float16, "mixed_bfloat16": tf.bfloat16.as_numpy_dtype}
 
-QAT_NEEDS_FLOAT32 = (
-    "tfmot's FakeQuantWithMinMaxVars takes float32 only and tfc.quantize builds tfmot's layers under the "
-    "mixed policy: a raw TypeError in quantize_layer (fix: tfc.quantize works on the float32 twin)"
-)
 CONVERTER_NEEDS_FLOAT32 = (
     "the TFLite converter has no float16/bfloat16 Conv2D kernel ('tf.Conv2D' op is neither a custom op "
     "nor a flex op) (fix: tflite_export converts the float32 twin)"
@@ -182,7 +178,6 @@ def test_cluster_under_a_mixed_policy_shares_its_values(policy, digits):
 # ---- tfc.quantize and tflite_export ----
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=QAT_NEEDS_FLOAT32)
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
 def test_quantize_under_a_mixed_policy_trains_and_exports_int8(policy, digits, tmp_path):
     x, y, x_test, y_test = digits

@@ -9,8 +9,16 @@ from tfcompress._tfmot import (
     quantize_layer,
 )
 
-from tfcompress._keras import check_model, keras
-from tfcompress._layers import all_layers, clone_with_weights, copy_weights_by_name, fresh_copy, layer_selector
+from tfcompress._keras import check_model, float32_global_policy, keras
+from tfcompress._layers import (
+    all_layers,
+    clone_with_weights,
+    computes_in_half,
+    copy_weights_by_name,
+    float32_copy,
+    fresh_copy,
+    layer_selector,
+)
 from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.wrapper import find_pruning_wrappers
@@ -242,6 +250,14 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
                 f"tfmot cannot quantize the nested model {layer.name!r}. Build the model "
                 "flat (its layers directly in the outer functional model) before tfc.quantize."
             )
+    # tfmot's fake-quant ops take float32 only: under a mixed policy, QAT computes in float32.
+    with float32_global_policy():
+        if computes_in_half(model):
+            model = float32_copy(model)
+        return _quantize(model, layers, preserve, unsupported, start, freeze)
+
+
+def _quantize(model, layers, preserve, unsupported, start, freeze):
     chosen = _selector(model, layers)
     uncovered = uncovered_layers(model, chosen)
     if uncovered and unsupported == "error":

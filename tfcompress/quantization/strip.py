@@ -61,12 +61,15 @@ def strip_quantization(model):
                 config = config.inner
             else:
                 plain_inner = rebuilt_copy(inner, layer)
-            new = tfmot.quantization.keras.QuantizeWrapperV2(plain_inner, copy.deepcopy(config))
+            # Each layer's own policy (float32 for QAT), not the global one: tfmot's fake quant is float32-only.
+            new = tfmot.quantization.keras.QuantizeWrapperV2(
+                plain_inner, copy.deepcopy(config), dtype=layer.dtype_policy
+            )
             if isinstance(inner, cluster_wrapper.ClusterWeights):
                 clustered.append((inner, new))
         elif isinstance(layer, QuantizeInput):
             quantizer = layer.quantizer.inner if isinstance(layer.quantizer, GatedQuantizer) else layer.quantizer
-            new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name)
+            new = quantize_layer.QuantizeLayer(copy.deepcopy(quantizer), name=layer.name, dtype=layer.dtype_policy)
         elif isinstance(layer, pruning_wrapper.PruneLowMagnitude):
             new = fresh_copy(layer.layer)
         elif isinstance(layer, cluster_wrapper.ClusterWeights):
