@@ -1,4 +1,5 @@
-"""tflite_export.export on architectures beyond the digits CNN: recurrent and Embedding text models.
+"""tflite_export.export on architectures beyond the digits CNN: recurrent and Embedding text models,
+and a model built under a mixed-precision policy.
 
 The text models read real shipped data: rows 2-4 of each 8x8 digit (24 pixels, intensities
 0..16) are a sequence of 24 token ids from a 17-word vocabulary, labelled with the digit.
@@ -7,8 +8,9 @@ The text models read real shipped data: rows 2-4 of each 8x8 digit (24 pixels, i
 import numpy as np
 import pytest
 
+import tfcompress as tfc
 import tflite_export
-from helpers import compile_classifier
+from helpers import cnn_digits_model, compile_classifier
 from tflite_export.flatbuffer import parse_flatbuffer, read_flatbuffer
 from tflite_export.verification import variable_tensors
 from tfcompress._keras import keras
@@ -113,3 +115,38 @@ def test_integer_representative_data_calibrates_an_embedding_model(bag_of_tokens
                                   representative_data=x_train[:128].astype("float32"))
     assert floats.calibration_samples == 128 and floats.report.fully_integer
 
+
+# ---- a model built under a mixed-precision policy ----
+
+
+@pytest.fixture(scope="module")
+def mixed_float16_pruned_cnn(digits):
+    """The digits CNN built under mixed_float16, pruned to 0.5 in a 3-epoch fit; the policy is float32 after."""
+    x_train, y_train, _, _ = digits
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = compile_classifier(tfc.prune(cnn_digits_model(seed=0), 0.5), learning_rate=3e-3)
+        model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback()])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    yield model
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_float16_model_exports_its_float32_copy(mixed_float16_pruned_cnn, digits, tmp_path):
+    x_train, _, x_test, y_test = digits
+    model = mixed_float16_pruned_cnn
+    for precision in ("fp32", "fp16", "int8", "edgetpu"):
+        result = tflite_export.export(model, tmp_path / f"{precision}.tflite", precision,
+                                      representative_data=x_train[:128], validation_data=(x_test, y_test),
+                                      latency_runs=0)
+        assert result.float32_copy and result.to_dict()["float32_copy"] is True, precision
+        assert any("computes in float16" in note and "float32 copy" in note for note in result.notes)
+        assert "float32 copy" in str(result)
+        assert result.stripped == ["pruning"]
+        assert result.verification.keras_accuracy > 0.85
+        assert result.verification.agreement >= 0.97, precision
+    assert result.edgetpu.fully_mapped and result.report.fully_integer
+    # The user's model is untouched: still pruning wrappers, still computing in float16.
+    assert tfc.strip(model).get_layer("conv2").compute_dtype == "float16"
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -401,6 +401,15 @@ def _conversion_error(e, precision):
     return ConversionError(f"The TFLite converter failed for precision {precision!r}: {detail}")
 
 
+def _half_dtype(model):
+    """"float16"/"bfloat16" when a tf_keras model computes in half precision (a mixed policy), else None."""
+    from tfcompress._layers import HALF_DTYPES, computes_in_half, walk
+
+    if not computes_in_half(model):
+        return None
+    return next(layer.compute_dtype for layer in walk(model) if getattr(layer, "compute_dtype", None) in HALF_DTYPES)
+
+
 def _has_loop(content):
     """True when the flatbuffer keeps control flow (a WHILE loop, more subgraphs than the main one)."""
     structure = parse_flatbuffer(content)
@@ -518,7 +527,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             QAT layers, is converted as `tfcompress.strip(model)` gives it (`result.stripped`
             names what was stripped); tfmot's standard QAT layers are kept so their learned
             ranges are used. A Keras 3 model (or a `.keras`/`.h5`
-            file Keras 3 wrote) with defined inputs is converted as is. A model with recurrent layers (LSTM, GRU, ...)
+            file Keras 3 wrote) with defined inputs is converted as is. A tf_keras model
+            built under a mixed-precision policy is converted as its float32 copy, same
+            weights (`result.float32_copy`). A model with recurrent layers (LSTM, GRU, ...)
             is converted from a batch-1 signature (`result.fixed_batch`); for calibrated
             precisions, layers that become a loop (GRU, SimpleRNN) are unrolled
             (`result.unrolled`), since calibration cannot run loops.
@@ -593,11 +604,28 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         model = load_keras_model(model, custom_objects)
     original = model
     notes = []
+    half = None
     if _check_model(model):
         stripped, qat = [], False
         notes.append("Keras 3 model converted as is (tfcompress's compression wrappers need tf_keras)")
     else:
         model, stripped, qat = _strip_for_conversion(model, notes)
+        half = _half_dtype(model)
+    keras_model = model  # what verification compares with: the user's model, as tfc.strip gives it
+    if half:
+        from tfcompress._layers import float32_copy
+
+        try:
+            model = float32_copy(model)
+        except Exception as e:
+            raise ConversionError(
+                f"The model computes in {half} (a mixed-precision policy), which the TFLite converter cannot "
+                f"convert, and its float32 copy could not be built ({type(e).__name__}: {e}). Build the "
+                "same model under keras.mixed_precision.set_global_policy('float32'), copy the weights "
+                "with set_weights, and export that.") from e
+        notes.append(f"the model computes in {half} (a mixed-precision policy), which the TFLite converter "
+                     "cannot convert: converted its float32 copy (tfcompress float32_copy, same weights); "
+                     f"verification compares with the {half} model")
 
     samples = None
     if precision in _CALIBRATED:
@@ -670,7 +698,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         reference = None
         if latency_runs:
             reference = content if precision == "fp32" else _fp32_reference(original, float_model, qat, notes)
-        verification = compare(content, x, y, keras_model=float_model, reference_content=reference,
+        verification = compare(content, x, y, keras_model=keras_model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
     elif min_accuracy is not None or max_accuracy_drop is not None:
@@ -686,5 +714,5 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         calibration_samples=0 if samples is None else len(samples), stripped=stripped,
         quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
         sparse_bytes=sparse_bytes, conversion_seconds=conversion_seconds, notes=notes,
-        fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled,
+        fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled, float32_copy=bool(half),
     )

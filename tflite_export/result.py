@@ -226,6 +226,8 @@ class ExportResult:
             None when the batch axis is dynamic.
         unrolled: names of recurrent layers converted unrolled over their time steps (the
             converter's calibration cannot run the loop a GRU or SimpleRNN becomes).
+        float32_copy: True when the model computes in float16/bfloat16 (a mixed-precision
+            policy) and its float32 copy, same weights, was converted.
     """
 
     path: str
@@ -243,6 +245,7 @@ class ExportResult:
     conversion_seconds: float = None
     fixed_batch: int = None
     unrolled: list = field(default_factory=list)
+    float32_copy: bool = False
 
     @property
     def bytes(self):
@@ -271,7 +274,7 @@ class ExportResult:
             "stripped": self.stripped, "quantization_aware": self.quantization_aware,
             "sparse_encoding": self.sparse_encoding, "dense_bytes": self.dense_bytes,
             "sparse_bytes": self.sparse_bytes, "conversion_seconds": self.conversion_seconds,
-            "fixed_batch": self.fixed_batch, "unrolled": self.unrolled,
+            "fixed_batch": self.fixed_batch, "unrolled": self.unrolled, "float32_copy": self.float32_copy,
             "notes": self.notes,
             "model": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
@@ -298,6 +301,8 @@ class ExportResult:
             ("stripped", f"compression wrappers ({', '.join(self.stripped)}) with tfcompress.strip before conversion"
              if self.stripped else None),
             ("quantization-aware", "yes" if self.quantization_aware else None),
+            ("float32 copy", "converted: the model computes in half precision (mixed policy)"
+             if self.float32_copy else None),
             ("fixed batch", self.fixed_batch),
             ("unrolled", f"{', '.join(self.unrolled)} (for calibration)" if self.unrolled else None),
             ("conversion time", None if self.conversion_seconds is None else f"{self.conversion_seconds:.2f} s"),
