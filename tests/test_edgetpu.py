@@ -51,7 +51,11 @@ def leaky_model(digits):
     return model
 
 
-def test_unsupported_op_splits_the_graph_and_everything_after_runs_on_cpu(leaky_model, digits, tmp_path):
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "tflite_export" and r.levelname == "WARNING"]
+
+
+def test_unsupported_op_splits_the_graph_and_everything_after_runs_on_cpu(leaky_model, digits, tmp_path, caplog):
     x_train, _, x_test, y_test = digits
     result = tflite_export.export(leaky_model, tmp_path / "leaky.tflite", "edgetpu", x_train[:128],
                                   (x_test, y_test), latency_runs=0)
@@ -68,9 +72,19 @@ def test_unsupported_op_splits_the_graph_and_everything_after_runs_on_cpu(leaky_
     assert "SOFTMAX" in names[split:]  # a supported op, but after the split
     assert f"CPU from op {split} LEAKY_RELU" in report.summary()
     assert result.verification.accuracy_drop <= 0.03
+    # The result and a warning say it: which op falls back first, and why.
+    assert result.edgetpu_fully_mapped is False
+    assert result.first_cpu_op.startswith(f"LEAKY_RELU (op {split}): ")
+    assert "not in Coral's supported-operations table" in result.first_cpu_op
+    data = json.loads(result.to_json())
+    assert data["edgetpu_fully_mapped"] is False and data["first_cpu_op"] == result.first_cpu_op
+    assert "edge tpu fully mapped" in str(result) and f"no: CPU from LEAKY_RELU (op {split})" in str(result)
+    (warning,) = _warnings(caplog)
+    assert "leaky.tflite" in warning and f"CPU from op {split} LEAKY_RELU" in warning and "Fix:" in warning
+    assert any(f"CPU from op {split} LEAKY_RELU" in note for note in result.notes)
 
 
-def test_softmax_and_relu_map_when_before_any_unsupported_op(digits, tmp_path):
+def test_softmax_and_relu_map_when_before_any_unsupported_op(digits, tmp_path, caplog):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
@@ -82,6 +96,8 @@ def test_softmax_and_relu_map_when_before_any_unsupported_op(digits, tmp_path):
     assert result.inputs[0]["dtype"] == "int8"
     assert result.edgetpu.fully_mapped, str(result.edgetpu)
     assert "SOFTMAX" in result.op_counts and "DEPTHWISE_CONV_2D" in result.op_counts
+    assert result.edgetpu_fully_mapped is True and result.first_cpu_op is None
+    assert _warnings(caplog) == [] and not any("Edge TPU:" in note for note in result.notes)
 
 
 def test_table_covers_the_common_layers():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,13 @@ def test_result_prints_a_table_and_round_trips_through_json(exported_digits):
     assert data["model"]["op_counts"] == result.op_counts
     assert data["verification"]["tflite_accuracy"] == result.verification.tflite_accuracy
     assert data["calibration_samples"] == 256
+    assert data["fixed_batch"] is None and data["unrolled"] == [] and data["float32_copy"] is False
+    assert data["edgetpu_fully_mapped"] is None and data["first_cpu_op"] is None
+    assert "fixed batch" not in text and "float32 copy" not in text
+    edgetpu = exported_digits["edgetpu"]
+    assert edgetpu.fixed_batch == 1 and "fixed batch" in str(edgetpu)
+    assert json.loads(edgetpu.to_json())["edgetpu_fully_mapped"] is True
+    assert re.search(r"edge tpu fully mapped +yes", str(edgetpu))
 
 
 @pytest.mark.parametrize("io_dtype", ["int8", "uint8"])

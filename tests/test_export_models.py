@@ -146,7 +146,7 @@ def test_mixed_float16_model_exports_its_float32_copy(mixed_float16_pruned_cnn, 
         assert result.stripped == ["pruning"]
         assert result.verification.keras_accuracy > 0.85
         assert result.verification.agreement >= 0.97, precision
-    assert result.edgetpu.fully_mapped and result.report.fully_integer
+    assert result.edgetpu_fully_mapped and result.report.fully_integer
     # The user's model is untouched: still pruning wrappers, still computing in float16.
     assert tfc.strip(model).get_layer("conv2").compute_dtype == "float16"
     assert keras.mixed_precision.global_policy().name == "float32"

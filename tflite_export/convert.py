@@ -539,7 +539,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         precision: `"fp32"`; `"fp16"` (float16 weights); `"dynamic"` (int8 weights, float
             activations); `"int8"` (full integer, float IO unless `io_dtype`); `"int16x8"`
             (16-bit activations, 8-bit weights); `"edgetpu"` (full int8, uint8 IO unless
-            `io_dtype="int8"`, batch 1, static shapes; fails if any op stays float).
+            `io_dtype="int8"`, batch 1, static shapes; fails if any op stays float; when the
+            offline report predicts some ops on the CPU, a warning and `result.first_cpu_op`
+            name the first one and why).
         representative_data: calibration inputs for int8/int16x8/edgetpu: numpy array,
             `(x, y)` tuple, `tf.data.Dataset` (batched or not), or a generator. Not needed
             for a QAT model at int8/edgetpu. For a model with integer inputs (token ids into
@@ -589,11 +591,15 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
     path = check_writable(path)  # before the conversion, which takes seconds
     with quiet(verbose):
-        return _export(model, path, precision, representative_data, validation_data,
-                       max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
-                       metadata=metadata, num_threads=num_threads, latency_runs=latency_runs,
-                       min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
-                       custom_objects=custom_objects)
+        result = _export(model, path, precision, representative_data, validation_data,
+                         max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
+                         metadata=metadata, num_threads=num_threads, latency_runs=latency_runs,
+                         min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
+                         custom_objects=custom_objects)
+    if result.edgetpu is not None and not result.edgetpu_fully_mapped:
+        # Outside `quiet`, so it reaches the console: the file works, but not all of it on the TPU.
+        logger.warning("%s: %s", path, _partial_mapping_message(result.edgetpu))
+    return result
 
 
 def _export(model, path, precision, representative_data, validation_data, *, max_calibration_samples,
@@ -688,6 +694,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     if precision == "edgetpu":
         _check_edgetpu(content)
         edgetpu = mapping_report(content, path)
+        if not edgetpu.fully_mapped:
+            notes.append(_partial_mapping_message(edgetpu))
     if metadata:
         content = embed_metadata(content, **metadata)
 
@@ -716,3 +724,12 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         sparse_bytes=sparse_bytes, conversion_seconds=conversion_seconds, notes=notes,
         fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled, float32_copy=bool(half),
     )
+
+
+def _partial_mapping_message(report):
+    """One line: the Edge TPU report predicts some ops on the CPU; which one first, why, and the fix."""
+    message = f"Edge TPU: {report.summary()}"
+    if report.first_cpu_op is not None:
+        fix = report.ops[report.first_cpu_op].fix
+        message += f". Fix: {fix}" if fix else ""
+    return message

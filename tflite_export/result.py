@@ -228,6 +228,10 @@ class ExportResult:
             converter's calibration cannot run the loop a GRU or SimpleRNN becomes).
         float32_copy: True when the model computes in float16/bfloat16 (a mixed-precision
             policy) and its float32 copy, same weights, was converted.
+        edgetpu_fully_mapped: for `edgetpu`, whether every op is predicted on the Edge TPU
+            (None for other precisions).
+        first_cpu_op: for a partly mapped `edgetpu` file, the first op predicted on the CPU
+            and why, e.g. `"LEAKY_RELU (op 3): LEAKY_RELU is not in Coral's ... table"`.
     """
 
     path: str
@@ -246,6 +250,21 @@ class ExportResult:
     fixed_batch: int = None
     unrolled: list = field(default_factory=list)
     float32_copy: bool = False
+
+    @property
+    def edgetpu_fully_mapped(self):
+        return None if self.edgetpu is None else self.edgetpu.fully_mapped
+
+    @property
+    def first_cpu_op(self):
+        if self.edgetpu is None:
+            return None
+        if self.edgetpu.first_cpu_op is not None:
+            op = self.edgetpu.ops[self.edgetpu.first_cpu_op]
+            return f"{op.op} (op {op.index}): {op.reason}"
+        if self.edgetpu.model_problems:
+            return f"the whole file: {self.edgetpu.model_problems[0]}"
+        return None
 
     @property
     def bytes(self):
@@ -275,6 +294,7 @@ class ExportResult:
             "sparse_encoding": self.sparse_encoding, "dense_bytes": self.dense_bytes,
             "sparse_bytes": self.sparse_bytes, "conversion_seconds": self.conversion_seconds,
             "fixed_batch": self.fixed_batch, "unrolled": self.unrolled, "float32_copy": self.float32_copy,
+            "edgetpu_fully_mapped": self.edgetpu_fully_mapped, "first_cpu_op": self.first_cpu_op,
             "notes": self.notes,
             "model": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
@@ -311,4 +331,6 @@ class ExportResult:
             rows += self.verification.rows()
         if self.edgetpu:
             rows.append(("edge tpu (offline)", self.edgetpu.summary()))
+            rows.append(("edge tpu fully mapped", "yes" if self.edgetpu_fully_mapped
+                         else f"no: CPU from {self.first_cpu_op}"))
         return _table(rows, f"tflite_export: {self.path}")
