@@ -1,6 +1,6 @@
 """Mixed precision (mixed_float16 / mixed_bfloat16) on real digits: prune, cluster, quantize, Distiller, export.
 
-The strict xfails record what fails today; each names the change that fixes it and turns into a pass then.
+Every verb works under both policies: QAT and export run on a float32 copy with the same weights.
 """
 
 import functools
@@ -20,10 +20,6 @@ MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 HALF = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 HALF_NUMPY = {"mixed_float16": np.float16, "mixed_bfloat16": tf.bfloat16.as_numpy_dtype}
 
-CONVERTER_NEEDS_FLOAT32 = (
-    "the TFLite converter has no float16/bfloat16 Conv2D kernel ('tf.Conv2D' op is neither a custom op "
-    "nor a flex op) (fix: tflite_export converts the float32 twin)"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +193,6 @@ def test_quantize_under_a_mixed_policy_trains_and_exports_int8(policy, digits, t
     assert result.verification.tflite_accuracy >= accuracy - 0.02
 
 
-@pytest.mark.xfail(strict=True, raises=tflite_export.ConversionError, reason=CONVERTER_NEEDS_FLOAT32)
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
 def test_export_of_a_mixed_policy_model(policy, digits, tmp_path):
     x, y, x_test, y_test = digits
