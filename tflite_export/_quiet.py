@@ -160,6 +160,8 @@ def quiet(verbose=False):
             os.close(saved)
         saved_fds = {}
     saved_streams = sys.stdout, sys.stderr
+    # absl's logging calls logging.basicConfig() on first use, with a handler on our capture stream.
+    root_handlers = list(logging.getLogger().handlers)
     captured = CapturedLog(log_fd)
     try:
         for fd in saved_fds:
@@ -175,6 +177,8 @@ def quiet(verbose=False):
             logger.removeFilter(divert)
         stream.flush()
         _flush_c_stdio()
+        for handler in [h for h in logging.getLogger().handlers if h not in root_handlers]:
+            logging.getLogger().removeHandler(handler)
         sys.stdout, sys.stderr = saved_streams
         for fd, saved in saved_fds.items():
             os.dup2(saved, fd)
