@@ -138,13 +138,16 @@ def test_keyword_net_pruned_and_quantized_in_one_fit_exports_full_int8(tmp_path)
 
 
 def test_activations_merges_ops_pooling_and_reshapes_are_int8_from_qat_alone():
-    (x, y), (x_test, _) = load_digits()
+    (x, y), (x_test, y_test) = load_digits()
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     a = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    # Hard-swish as MobileNetV3 writes it: TFOpLambda `+ 3.0` and `* (1 / 6)` around a ReLU(6).
+    hard_sigmoid = keras.layers.ReLU(6.0, name="relu6")(a + 3.0) * (1.0 / 6.0)
+    hard_swish = keras.layers.Multiply(name="hard_swish")([a, hard_sigmoid])
     swish = keras.layers.Activation("swish", name="swish")(a)
     gelu = keras.layers.Activation("gelu", name="gelu")(a)
-    h = tf.nn.relu6(swish * gelu + a - 1.0)  # TFOpLambda: two-tensor multiply and add, constants
+    h = tf.nn.relu6(swish * gelu + hard_swish - 1.0)  # TFOpLambda: two-tensor multiply and add
     h = keras.layers.Multiply(name="gate")([h, keras.layers.Activation("sigmoid", name="sigmoid")(a)])
     h = keras.layers.MaxPooling2D(name="pool")(h / 6.0)
     h = keras.layers.Reshape((16, 8), name="frames")(h)
@@ -152,17 +155,18 @@ def test_activations_merges_ops_pooling_and_reshapes_are_int8_from_qat_alone():
     h = tf.reshape(keras.layers.MaxPooling1D(name="pool1d")(h), (-1, 56))
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
     qat = tfc.quantize(model)
-    assert {"conv", "swish", "gelu", "gate", "sigmoid", "pool", "frames", "conv1d", "pool1d", "logits"} <= set(
-        _wrapped(qat)
-    )
-    _compile(qat).fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    assert {"conv", "relu6", "hard_swish", "swish", "gelu", "gate", "sigmoid", "pool", "frames", "conv1d",
+            "pool1d", "logits"} <= set(_wrapped(qat))
+    _compile(qat, 1e-2).fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     final = tfc.strip(qat)
+    keras_top1 = final.predict(x_test, verbose=0).argmax(-1)
+    assert np.mean(keras_top1 == y_test) > 0.6
     content = _convert(final, tf.TensorSpec([None, 8, 8, 1]))  # no representative data
     assert _float_ops(content) == []
     assert {"GELU", "LOGISTIC", "MUL", "ADD", "SUB", "MAX_POOL_2D", "CONV_2D"} <= {
         op.name for op in parse_flatbuffer(content).ops
     }
-    assert np.mean(_litert_top1(content, x_test) == final.predict(x_test, verbose=0).argmax(-1)) >= 0.95
+    assert np.mean(_litert_top1(content, x_test) == keras_top1) >= 0.95
 
 
 def test_conv1d_and_op_ranges_save_and_load(tmp_path):
@@ -194,6 +198,14 @@ def _digit_images(n):
     return np.repeat(x, 3, axis=-1).astype("float32") * 255.0, y[:n]
 
 
+def _briefly_trained_and_stripped(qat, x, y):
+    """Two eager training steps (no trace of a 300-layer graph) set the ranges; returns `tfc.strip(qat)`."""
+    _compile(qat, 1e-3, run_eagerly=True).fit(
+        x, y, epochs=1, batch_size=len(x) // 2, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
+    )
+    return tfc.strip(qat)
+
+
 def test_mobilenet_v3_hard_swish_quantizes_and_exports_full_int8():
     model = keras.applications.MobileNetV3Small(
         input_shape=(32, 32, 3), alpha=0.75, minimalistic=False, include_preprocessing=True, classes=10,
@@ -208,22 +220,20 @@ def test_mobilenet_v3_hard_swish_quantizes_and_exports_full_int8():
     assert {f"quant_{op.name}" for op in ops if "multiply" in op.name} <= ranged
     assert not any(f"quant_{op.name}" in ranged for op in ops if "add" in op.name)
 
-    x, y = _digit_images(96)
-    _compile(qat, 1e-3, run_eagerly=True).fit(  # eager: two steps, no 300-layer trace
-        x[:16], y[:16], epochs=1, batch_size=8, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
-    )
-    final = tfc.strip(qat)
+    x, y = _digit_images(48)
+    final = _briefly_trained_and_stripped(qat, x[:16], y[:16])
     spec = tf.TensorSpec([None, 32, 32, 3])
-    content = _convert(final, spec, representative=x[16:48])
+    content = _convert(final, spec, representative=x[16:])
     assert _float_ops(content) == []
+    assert _litert_top1(content, x[:4]).shape == (4,)  # LiteRT runs it
     # Every ADD and MUL of the hard-swishes is int8 from QAT alone; only the input Rescaling
     # (x / 127.5 - 1: a MUL and an ADD whose middle tensor no fake quant sees) needs calibration.
+    # (Two steps from random weights leave the logits nearly constant, so agreement with Keras
+    # would measure noise; the hard-swish's int8 fidelity is asserted on a trained net above.)
     assert _float_ops(_convert(final, spec)) == ["DEQUANTIZE", "MUL", "ADD", "QUANTIZE"]
-    keras_top1 = final.predict(x[48:], verbose=0).argmax(-1)
-    assert np.mean(_litert_top1(content, x[48:]) == keras_top1) >= 0.9
 
 
-def test_efficientnet_b0_quantizes_in_one_call():
+def test_efficientnet_b0_quantizes_in_one_call_and_exports_full_int8():
     model = keras.applications.EfficientNetB0(
         input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None
     )
@@ -233,6 +243,12 @@ def test_efficientnet_b0_quantizes_in_one_call():
     for name in ("rescaling", "normalization"):
         assert any(layer.startswith(name) for layer in wrapped)
     assert sum(isinstance(w.layer, keras.layers.Multiply) for w in wrapped.values()) == 16  # the SE blocks
+
+    x, y = _digit_images(48)
+    content = _convert(_briefly_trained_and_stripped(qat, x[:16], y[:16]), tf.TensorSpec([None, 32, 32, 3]),
+                       representative=x[16:])
+    assert _float_ops(content) == []
+    assert {"LOGISTIC", "MUL", "MEAN", "DEPTHWISE_CONV_2D"} <= {op.name for op in parse_flatbuffer(content).ops}
 
 
 # ---- text: integer inputs, Embedding, LSTM kept float ---------------------------------------------
