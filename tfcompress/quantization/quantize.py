@@ -171,12 +171,13 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
     (`x + 3.0`, `x * y`: MobileNetV3's hard-swish), Rescaling, Normalization,
     standalone BatchNormalization, swish / sigmoid / GELU / ReLU6 / ELU
     activations, pooling, reshapes and Embedding. Integer (token) inputs go
-    into the model unquantized. Five of these run two ops in one layer
-    (SeparableConv1D, Rescaling, Normalization, a BatchNormalization not
-    after a convolution, a SeparableConv2D inside a pruning wrapper): the
-    tensor between the two has no fake quant, and the int8 export calibrates
-    it from `representative_data` (without, those ops stay float). tfcompress
-    adds phases inside one fit, driven by `tfc.CompressionCallback`:
+    into the model unquantized. Some layers run two ops with no fake quant
+    between them: SeparableConv1D, Rescaling, Normalization, a
+    BatchNormalization not after a convolution, a SeparableConv2D inside a
+    pruning wrapper, and a layer with `activation="swish"` inside (tfmot
+    quantizes after the swish only). The int8 export calibrates that middle
+    tensor from `representative_data`; without it, those ops stay float.
+    tfcompress adds phases inside one fit, driven by `tfc.CompressionCallback`:
 
     * before `start` the model computes exactly what the float model computes,
       while the activation ranges are already being learned;
