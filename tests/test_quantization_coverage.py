@@ -294,6 +294,30 @@ def test_unsupported_layers_are_listed_once_grouped_by_class_pruned_or_not():
     assert set(_wrapped(qat)) == {"embed", "hidden", "logits"}
 
 
+class Doubling(keras.layers.Layer):
+    """A user's layer, unknown to any registry (and not registered for serialization)."""
+
+    def call(self, inputs):
+        return 2.0 * inputs
+
+
+def test_filter_names_layers_whose_class_is_partly_covered():
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(8, activation="elu", name="elu_dense")(inputs)  # a Dense, but not its activation
+    h = tf.clip_by_value(Doubling(name="double")(h), 0.0, 1.0)  # an op without an 8-bit config
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.Dense(8, name="hidden")(h)))
+    with pytest.raises(ValueError) as error:
+        tfc.quantize(model)
+    message = str(error.value)
+    assert "Dense (elu_dense: activation 'elu' inside the layer); Doubling (double); TFOpLambda (tf.clip_by_value)" in (
+        message
+    )
+    offered = re.search(r"layers=(lambda l: .+?), or pass", message).group(1)
+    assert offered == "lambda l: not (isinstance(l, Doubling) or l.name in {'elu_dense', 'tf.clip_by_value'})"
+    for qat in (tfc.quantize(model, layers=eval(offered)), tfc.quantize(model, unsupported="float")):
+        assert set(_wrapped(qat)) == {"hidden", "logits"}
+
+
 def test_text_model_keeps_lstm_float_and_exports_full_int8_from_calibration():
     x, y = _tokens(512, seed=0)
     x_test, _ = _tokens(128, seed=1)
