@@ -226,14 +226,10 @@ def _float_reference(model, qat, notes):
 
 
 def weight_sparsity(model):
-    """Fraction of exactly-zero values among the model's kernels (biases excluded)."""
-    zeros = total = 0
-    for weight in model.weights:
-        if "kernel" in weight.name and len(weight.shape) >= 2:
-            value = weight.numpy()
-            zeros += int((value == 0).sum())
-            total += value.size
-    return zeros / total if total else 0.0
+    """Fraction of exactly-zero values among the model's kernels (tfcompress's one definition)."""
+    from tfcompress.summary import kernel_sparsity
+
+    return kernel_sparsity(model.get_weights())
 
 
 def _input_shape(model):
