@@ -9,7 +9,7 @@ from tfcompress._tfmot import (
     quantize_layer,
 )
 
-from tfcompress._keras import check_model, float32_global_policy, keras
+from tfcompress._keras import KERAS3, check_model, float32_global_policy, generation, keras
 from tfcompress._layers import (
     all_layers,
     clone_with_weights,
@@ -227,6 +227,12 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
     int8_ready = tfc.strip(qat)
     ```
     """
+    if generation(model, "tfc.quantize") == KERAS3:
+        from tfcompress.quantization.keras3 import quantize_keras3
+
+        return quantize_keras3(
+            model, start=start, freeze=freeze, layers=layers, preserve=preserve, unsupported=unsupported
+        )
     check_model(model, "tfc.quantize")
     start = validate_point(start, "start")
     if freeze is not None:
