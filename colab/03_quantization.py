@@ -190,3 +190,33 @@ print(edgetpu.edgetpu.summary())
 report = tfe.edgetpu_report("model_edgetpu.tflite")
 for op in report.ops:
     print(f"{op.index:3d} {op.op:22s} {'Edge TPU' if op.on_edgetpu else 'CPU':8s} {op.reason or ''}")
+
+# %% [markdown]
+# ## Mixed-precision training, then INT8
+#
+# GPU and TPU users train under a mixed policy: float32 variables, float16 (or bfloat16) compute.
+# Keep the model's output in float32, as tf_keras advises. `tfc.quantize` runs QAT on a float32
+# copy of such a model (tfmot's fake quant is float32-only), so the QAT model and its INT8 file are
+# float32 inside. Exported directly, a mixed-policy model is converted from a float32 copy as well
+# (TFLite wants a float32 graph), and `result.float32_copy` says so. The policy is global: set it
+# back when done.
+
+# %%
+keras.mixed_precision.set_global_policy("mixed_float16")
+try:
+    body = depthwise_net(seed=1)  # its layers compute in float16
+    mixed_model = compile_model(
+        keras.Model(body.input, keras.layers.Activation("linear", dtype="float32")(body.output))
+    )  # compile wraps the optimizer in a LossScaleOptimizer
+    mixed_model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, verbose=0)
+    print("mixed model computes in", mixed_model.layers[1].compute_dtype,
+          "| optimizer:", type(mixed_model.optimizer).__name__)
+    mixed_qat = compile_model(tfc.quantize(mixed_model, start=0.3), learning_rate=3e-4)
+    mixed_qat.fit(x_train, y_train, epochs=FINETUNE_EPOCHS, batch_size=32, verbose=0,
+                  callbacks=[tfc.CompressionCallback()])
+    mixed_int8 = tfe.export(tfc.strip(mixed_qat), "mixed_qat_int8.tflite", precision="int8",
+                            validation_data=(x_test, y_test))
+finally:
+    keras.mixed_precision.set_global_policy("float32")
+print(f"mixed_float16 training -> QAT INT8: Keras {mixed_model.evaluate(x_test, y_test, verbose=0)[1]:.3f}, "
+      f"LiteRT INT8 {mixed_int8.verification.tflite_accuracy:.3f}, {mixed_int8.bytes:,} B")

@@ -215,6 +215,8 @@ CHECKS = {
         rf"fp16 +[\d.]+ ms .* acc {ACCURACY}",
         rf"int8 \(QAT\) +[\d.]+ ms .* acc {ACCURACY}",
         r"\b(\d+)/\1 ops predicted on the Edge TPU",  # the profile maps every op of this net
+        r"mixed model computes in float16",
+        rf"mixed_float16 training -> QAT INT8: Keras {ACCURACY}, LiteRT INT8 {ACCURACY}",
     ],
     "04_distillation.ipynb": [
         rf"alone {ACCURACY}, distilled {ACCURACY}",
