@@ -23,6 +23,7 @@ from tfcompress.distillation import Distiller
 from tfcompress.pruning import prune
 from tfcompress.quantization import quantize
 from tfcompress.saving import custom_object_scope, custom_objects, load_model
+from tfcompress.sensitivity import SensitivityResult, sensitivity
 from tfcompress.strip import strip
 from tfcompress.summary import summary
 from tfcompress.version import __version__
@@ -41,6 +42,8 @@ __all__ = [
     "quantization",
     "quantize",
     "saving",
+    "sensitivity",
+    "SensitivityResult",
     "strip",
     "summary",
     "__version__",
