@@ -146,7 +146,8 @@ def pruned_cnn(trained_cnn, digits):
     x, y, _, _ = digits
     pruned = compiled(tfc.prune(trained_cnn, 0.5, structure="channels"))
     callback = tfc.CompressionCallback(verbose=0)
-    pruned.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[callback])
+    history = pruned.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[callback])
+    object.__setattr__(pruned, "test_history", history.history)
     return pruned, tfc.strip(pruned), callback
 
 
@@ -157,6 +158,10 @@ def test_cnn_loses_half_its_channels_in_fit_and_strip_removes_them(pruned_cnn, t
     assert kept_by_group(pruned) == {"conv1": 8, "conv2": 16, "dense": 32, "logits": 10}
     (entry,) = callback.plan
     assert entry["compression"] == "channel pruning" and entry["end_step"] == 99 and entry["total_steps"] == 132
+    # The logs carry the share of the pruned groups' channels masked: rising, at the target by the end.
+    logged = pruned.test_history["channel_sparsity"]
+    masked = 1 - sum(kept_by_group(pruned)[name] for name in ("conv1", "conv2", "dense")) / (16 + 32 + 64)
+    assert logged[0] < logged[-1] and logged[-1] == pytest.approx(masked) == pytest.approx(0.5)
     # Same layers, fewer filters and units, same function.
     types = [type(layer).__name__ for layer in trained_cnn.layers]
     assert [type(layer).__name__ for layer in small.layers[1:]] == types
@@ -309,10 +314,10 @@ def test_distilled_channel_pruning_then_qat_exports_full_int8(trained_cnn, digit
     distiller.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     assert kept_by_group(distiller.student)["conv2"] == 16
 
-    # Masks live on the pruned model's variables: quantize the physically smaller model.
-    with pytest.raises(ValueError, match=r"tfc\.quantize\(tfc\.strip\(model\)\)"):
-        tfc.quantize(distiller.student)
-    qat = tfc.Distiller(teacher=teacher, student=tfc.quantize(tfc.strip(distiller.student), start=0.3))
+    # Masks live on the pruned model's variables: tfc.quantize wraps the physically smaller model.
+    student = tfc.quantize(distiller.student, start=0.3)
+    assert student.count_params() < distiller.student.count_params() / 2
+    qat = tfc.Distiller(teacher=teacher, student=student)
     qat.compile(keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
     qat.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     result = tflite_export.export(
@@ -374,6 +379,9 @@ def test_training_without_the_callback_and_cloning_are_refused(digits):
         pruned.fit(x[:64], y[:64], epochs=1, verbose=0)
     with pytest.raises(ValueError, match="Call tfc.strip"):
         tfc.prune(pruned, 0.5)
+    # QAT comes in a second fit, once the channels are pruned.
+    with pytest.raises(ValueError, match=r"not pruned yet: conv1 \(0/8 channels masked\).*fit this model"):
+        tfc.quantize(pruned)
 
 
 def test_channel_pruned_model_saved_mid_schedule_keeps_its_masks(tmp_path):

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfcompress._keras import check_model, keras, weight_name
 from tfcompress._layers import clone_with_weights, layer_selector, named_layers
+from tfcompress._metrics import report_metric
 from tfcompress.pruning.channel_groups import CHANNEL, OUT, ChannelGraph, count_macs
 from tfcompress.pruning.schedules import (
     _MAX_FREQUENCY,
@@ -32,7 +33,9 @@ from tfcompress.pruning.schedules import (
 )
 from tfcompress.scheduling import Scheduled, Span, is_fraction, missing_callback, tracing_for_saving, unknown_length
 
-__all__ = ["ChannelPruned", "channel_summary", "count_macs", "prune_channels", "strip_channels"]
+__all__ = [
+    "ChannelPruned", "channel_summary", "count_macs", "prune_channels", "shrink_for_quantization", "strip_channels",
+]
 
 DEFAULT_CHANNEL_SPARSITY = 0.5
 IMPORTANCE = ("l2", "l1")
@@ -281,6 +284,15 @@ class ChannelPruned(keras.Model, Scheduled):
         begin, end, frequency = schedule.resolve(total_steps)
         object.__setattr__(self, "_driven", True)
         self.apply_masks()  # traces the mask function now, not inside the first batch
+        if getattr(self, "_channel_report", None) is None:
+            # `channel_sparsity` in the logs: the share of the pruned groups' channels masked now.
+            members = np.zeros(self.channel_graph.num_classes, np.float32)
+            for group in self.channel_graph.prunable_groups:
+                if group.name in self.targets:
+                    members[group.first:group.first + group.channels] = 1.0
+            object.__setattr__(
+                self, "_channel_report", (report_metric(self, "channel_sparsity"), tf.constant(members))
+            )
         targets = sorted(set(self.targets.values()))
         before, after = self.planned_cost()
         total = f" of {total_steps}" if total_steps else ""
@@ -315,7 +327,13 @@ class ChannelPruned(keras.Model, Scheduled):
     def call(self, inputs, training=None, mask=None):
         if training is True and not self._driven and not tracing_for_saving():
             raise RuntimeError(MISSING_CALLBACK)
-        return super().call(inputs, training=training, mask=mask)
+        outputs = super().call(inputs, training=training, mask=mask)
+        report = getattr(self, "_channel_report", None)
+        if training is True and report is not None:
+            metric, members = report
+            kept = tf.reduce_sum(self.channel_mask[1:] * members)
+            self.add_metric(metric(1.0 - kept / tf.reduce_sum(members)))
+        return outputs
 
     # ---- sizes ---------------------------------------------------------------------------------
 
@@ -347,6 +365,46 @@ class ChannelPruned(keras.Model, Scheduled):
 def is_channel_pruned(model):
     """True for a model returned by `tfc.prune(..., structure="channels")` (not yet stripped)."""
     return isinstance(model, ChannelPruned)
+
+
+def shrink_for_quantization(model):
+    """The smaller model `model` was channel-pruned into, for `tfc.quantize` to wrap.
+
+    Masks live on the `ChannelPruned` model's own variables and would not
+    survive tfmot's cloning, so QAT runs in a second fit on the physically
+    smaller model. `tfc.quantize(channel_pruned)` calls this: once the
+    pruning fit has reached every group's target it rebuilds the model with
+    `tfc.strip` and says so; before that it refuses, naming the fit to run.
+
+    Arguments:
+        model: a `ChannelPruned` model.
+
+    Returns:
+        The stripped, smaller plain tf_keras model.
+    """
+    kept = model.kept
+    behind = []
+    for group in model.channel_graph.prunable_groups:
+        if group.name not in model.targets:
+            continue
+        planned = min(group.channels - 1, int(model.targets[group.name] * group.channels + 0.5))
+        masked = int((~kept[group.first:group.first + group.channels]).sum())
+        if masked < planned:
+            behind.append(f"{group.name} ({masked}/{planned} channels masked)")
+    if behind:
+        raise ValueError(
+            "tfc.quantize got a channel-pruned model whose channels are not pruned yet: "
+            f"{', '.join(behind[:3])}{' and more' if len(behind) > 3 else ''}. Channel pruning and QAT "
+            "take two fits: fit this model with tfc.CompressionCallback() until the schedule ends, then "
+            "call tfc.quantize(model): it rebuilds the smaller model (tfc.strip) and adds QAT to it."
+        )
+    (before, _), _ = model.planned_cost()
+    stripped = strip_channels(model)
+    logging.info(
+        "tfc.quantize: the channel-pruned model was rebuilt smaller with tfc.strip (%s -> %s params) "
+        "before quantization-aware training.", f"{before:,}", f"{stripped.count_params():,}",
+    )
+    return stripped
 
 
 def _schedule_settings(schedule, initial_sparsity, final_sparsity, begin, end, power, frequency):

@@ -22,6 +22,7 @@ from tfcompress._layers import (
 )
 from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
+from tfcompress.pruning.channels import is_channel_pruned, shrink_for_quantization
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.coverage import COMPRESSION_WRAPPERS, uncovered_error, uncovered_layers, user_layer
 from tfcompress.quantization.registry import FOLDING_CONVS, is_op_layer, op_needs_range
@@ -233,6 +234,8 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
         return quantize_keras3(
             model, start=start, freeze=freeze, layers=layers, preserve=preserve, unsupported=unsupported
         )
+    if is_channel_pruned(model):
+        model = shrink_for_quantization(model)  # QAT needs the smaller plain model: a second fit
     check_model(model, "tfc.quantize")
     start = validate_point(start, "start")
     if freeze is not None:
