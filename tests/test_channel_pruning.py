@@ -201,6 +201,18 @@ def test_stripped_cnn_loads_with_plain_tf_keras_and_exports_smaller(pruned_cnn, 
             assert result.tflite_accuracy > 0.9
 
 
+def test_unstripped_channel_pruned_model_exports_small_and_loads_from_h5(pruned_cnn, tmp_path):
+    pruned, small, _ = pruned_cnn
+    result = tflite_export.export(pruned, tmp_path / "pruned.tflite", precision="fp32", latency_runs=0)
+    assert result.stripped == ["channel pruning"]
+    content = (tmp_path / "pruned.tflite").read_bytes()
+    assert set(tflite_weight_shapes(content)) == set(keras_filter_shapes(small))
+    pruned.save(tmp_path / "pruned.h5")
+    loaded = tfc.load_model(tmp_path / "pruned.h5")
+    assert type(loaded).__name__ == "ChannelPruned"
+    np.testing.assert_array_equal(loaded.kept, pruned.kept)
+
+
 # ---- an MLP and a Conv1D keyword net ---------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from tfcompress._metrics import CurrentValue
 # Imported for their registered classes (tfcompress>...), which every saved wrapped model names.
 import tfcompress.clustering  # noqa: F401
 import tfcompress.clustering.constraints  # noqa: F401
+from tfcompress.pruning.channels import ChannelPruned
 from tfcompress.pruning.constraints import compression_constraints
 import tfcompress.quantization  # noqa: F401
 from tfcompress.pruning.wrapper import PruneLowMagnitude
@@ -85,6 +86,8 @@ def custom_objects():
     # tfmot's cluster_scope() names its base wrapper; files written by its cluster_weights() need it.
     objects["ClusterWeights"] = cluster_wrapper.ClusterWeights
     objects["PruneLowMagnitude"] = _PruneLowMagnitudeByConfig
+    # A model's own class is saved by its bare name in .h5 files.
+    objects["ChannelPruned"] = ChannelPruned
     for module in (prune_preserve_quantize_registry, cluster_preserve_quantize_registry):
         objects.update(
             {

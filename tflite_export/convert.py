@@ -146,7 +146,7 @@ def _check_model(model):
 
 
 def _compression_kinds(model):
-    """Which compression wrappers `tfc.strip` would remove: pruning, clustering, quantization.
+    """Which compression wrappers `tfc.strip` would remove: (channel) pruning, clustering, quantization.
 
     "quantization" means tfcompress's phased QAT layers; tfmot's standard quantization
     layers (what `tfc.strip` leaves, with their learned ranges) need no stripping.
@@ -154,7 +154,9 @@ def _compression_kinds(model):
     from tfcompress._tfmot import ClusterWeights, PruneLowMagnitude
     from tfcompress.quantization import QuantizeInput, QuantizeWrapper
 
-    kinds = []
+    from tfcompress.pruning.channels import is_channel_pruned
+
+    kinds = ["channel pruning"] if is_channel_pruned(model) else []
     for kind, classes in (("pruning", PruneLowMagnitude), ("clustering", ClusterWeights),
                           ("quantization", (QuantizeWrapper, QuantizeInput))):
         if any(isinstance(layer, classes) for layer in model.submodules):  # subclasses included
