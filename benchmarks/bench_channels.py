@@ -38,7 +38,7 @@ from tflite_export._cpu import cpu_description  # noqa: E402
 from tflite_export.verification import load_interpreter  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import load_digits  # noqa: E402
-from tfcompress.pruning.channels import count_macs  # noqa: E402
+from tfcompress.pruning import count_macs  # noqa: E402
 from tfcompress.summary import kernel_sparsity  # noqa: E402
 
 flags.DEFINE_integer("epochs", 10, "Dense training epochs.")

@@ -12,7 +12,7 @@ from ai_edge_litert.interpreter import Interpreter
 import tfcompress as tfc
 import tflite_export
 from tfcompress._keras import keras
-from tfcompress.pruning.channels import channel_summary, count_macs
+from tfcompress.pruning import channel_summary, count_macs
 
 L = keras.layers
 
