@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import zlib
 
 import numpy as np
 from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, QuantizeWrapper
@@ -16,7 +17,17 @@ class LayerSummary:
     """One layer's numbers. `sparsity` is over its kernels (weights of rank >= 2);
     `clusters` is the most distinct values in one float kernel when every
     kernel is clustered (at most 256 values), else 0; `bits` is the average
-    storage bits per parameter (8 for int8 kernels)."""
+    storage bits per parameter (8 for int8 kernels); `gzip_bytes` is every
+    weight stored dense, after gzip -9.
+
+    What a kept kernel weight costs to download, with its position apart
+    (both over the kernels, as stored: int8 for quantized ones):
+    `bits_per_nonzero` is 8 x the deflated size (level 9, raw deflate as in a
+    zip or APK) of the nonzero values packed one after the other, divided by
+    their count; `index_bits_per_nonzero` is 8 x the deflated size of the
+    kernels' positions as a bitmap (one bit per weight, 1 where nonzero),
+    divided by the same count. Their sum is what a value-plus-bitmap sparse
+    encoding costs per kept weight; 0.0 for both when no weight is nonzero."""
 
     name: str
     layer_type: str
@@ -27,6 +38,8 @@ class LayerSummary:
     bytes: int
     gzip_bytes: int
     clusters: int = 0
+    bits_per_nonzero: float = 0.0
+    index_bits_per_nonzero: float = 0.0
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -43,7 +56,8 @@ class ModelSummary:
         return {"layers": [row.as_dict() for row in self.rows], "total": self.total.as_dict()}
 
     def __str__(self):
-        header = ("layer", "type", "params", "nonzero", "sparsity", "clusters", "bits", "bytes", "gzip bytes")
+        header = ("layer", "type", "params", "nonzero", "sparsity", "clusters", "bits", "bytes", "gzip bytes",
+                  "bits/nonzero", "index bits")
         lines = [_row_cells(row) for row in self.rows]
         total = _row_cells(self.total)
         widths = [max(len(cells[i]) for cells in [header, total, *lines]) for i in range(len(header))]
@@ -68,7 +82,15 @@ def _row_cells(row):
         f"{row.bits:.1f}",
         f"{row.bytes:,}",
         f"{row.gzip_bytes:,}",
+        f"{row.bits_per_nonzero:.2f}",
+        f"{row.index_bits_per_nonzero:.2f}",
     )
+
+
+def _deflate_size(data):
+    """Bytes after raw deflate at level 9 (a zip or APK entry's payload)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return len(compressor.compress(data) + compressor.flush())
 
 
 def _int8(array):
@@ -169,6 +191,9 @@ def _summarize(name, layer_type, arrays):
     clustered = bool(shared) and all(n <= min(_MAX_CLUSTERS, k.size // 4) for n, k in zip(shared, float_kernels))
     params = sum(a.size for a in arrays)
     raw = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+    kept = sum(np.count_nonzero(k) for k in kernels)
+    values = b"".join(np.ascontiguousarray(k[k != 0]).tobytes() for k in kernels)
+    bitmap = np.packbits(np.concatenate([(k != 0).ravel() for k in kernels])).tobytes() if kernels else b""
     return LayerSummary(
         name=name,
         layer_type=layer_type,
@@ -179,11 +204,13 @@ def _summarize(name, layer_type, arrays):
         bytes=len(raw),
         gzip_bytes=len(gzip.compress(raw, compresslevel=9, mtime=0)),
         clusters=max(shared) if clustered else 0,
+        bits_per_nonzero=8.0 * _deflate_size(values) / kept if kept else 0.0,
+        index_bits_per_nonzero=8.0 * _deflate_size(bitmap) / kept if kept else 0.0,
     )
 
 
 def summary(model, print_fn=print):
-    """Prints and returns each layer's parameters, zeros, bits and compressed size.
+    """Prints and returns each layer's parameters, zeros, bits, compressed size and cost per kept weight.
 
     Works on wrapped models (masks applied, as the model computes) and on
     stripped ones, and on subclassed models (their tracked layers). Layers

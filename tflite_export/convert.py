@@ -17,11 +17,11 @@ from tflite_export.edgetpu import mapping_report
 from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, RepresentativeDataError
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
 from tflite_export.float_twin import float_twin
-from tflite_export.inspection import report_from_bytes
+from tflite_export.inspection import gzip_size, report_from_bytes, runs_on_litert
 from tflite_export.metadata import embed_metadata
 from tflite_export.representative import as_converter_dataset, collect_samples
 from tflite_export.result import ExportResult
-from tflite_export.verification import compare, default_runtime_loads, variable_tensors
+from tflite_export.verification import compare, variable_tensors
 
 logger = logging.getLogger("tflite_export")
 
@@ -218,6 +218,11 @@ def _float_reference(model, qat, notes):
     """The model whose FP32 flatbuffer is the latency reference: for QAT, the float model inside."""
     if not qat:
         return model
+    if _is_keras3(model):
+        from tfcompress.quantization.keras3 import float_twin_keras3
+
+        notes.append("fp32 latency is the float model's: the same layers and weights, fake quantization off")
+        return float_twin_keras3(model)
     twin = float_twin(model)
     if twin is None:
         notes.append("fp32 latency is the quantization-aware model's converted to float, fake-quant "
@@ -525,7 +530,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             QAT layers, is converted as `tfcompress.strip(model)` gives it (`result.stripped`
             names what was stripped); tfmot's standard QAT layers are kept so their learned
             ranges are used. A Keras 3 model (or a `.keras`/`.h5`
-            file Keras 3 wrote) with defined inputs is converted as is. A tf_keras model
+            file Keras 3 wrote) with defined inputs is converted as is (a `tfc.quantize` one
+            needs no representative_data for int8); on the JAX backend `export` saves it and
+            converts it in a fresh TensorFlow-backend process (`keras3_reload`). A tf_keras model
             built under a mixed-precision policy is converted as its float32 copy, same
             weights (`result.float32_copy`). A model with recurrent layers (LSTM, GRU, ...)
             is converted from a batch-1 signature (`result.fixed_batch`); for calibrated
@@ -551,8 +558,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         max_calibration_samples: at most this many representative samples are used.
         io_dtype: input/output type: int8 accepts `"int8"`/`"uint8"`, edgetpu `"uint8"`
             (default) or `"int8"`, int16x8 `"int16"`; float elsewhere.
-        sparse: `"auto"` (sparse encoding when >= 50% of kernel weights are zero and LiteRT's
-            default runtime runs the result), `True` (always when sparse), `False` (never).
+        sparse: `"auto"` (sparse encoding when >= 50% of kernel weights are zero, the sparse file
+            is smaller after gzip, and LiteRT's default runtime invokes it), `True` (always when
+            sparse), `False` (never). `result.sparse_encoding` says which was used and why.
         metadata: optional dict of Android metadata for `embed_metadata` (name, description,
             labels, mean, std, ...).
         num_threads: LiteRT threads for the latency measurement.
@@ -588,6 +596,14 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if sparse not in ("auto", True, False):
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
     path = check_writable(path)  # before the conversion, which takes seconds
+    from tflite_export.keras3_reload import export_through_tensorflow, on_jax
+
+    if on_jax(model):  # the converter reads TensorFlow graphs: reload the model on the TF backend
+        return export_through_tensorflow(model, path, dict(
+            precision=precision, representative_data=representative_data, validation_data=validation_data,
+            max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse, metadata=metadata,
+            num_threads=num_threads, latency_runs=latency_runs, min_accuracy=min_accuracy,
+            max_accuracy_drop=max_accuracy_drop, verbose=verbose))
     with quiet(verbose):
         result = _export(model, path, precision, representative_data, validation_data,
                          max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
@@ -610,8 +626,11 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     notes = []
     half = None
     if _check_model(model):
-        stripped, qat = [], False
-        notes.append("Keras 3 model converted as is (tfcompress's compression wrappers need tf_keras)")
+        from tfcompress.quantization.keras3 import is_quantization_aware
+
+        stripped, qat = [], is_quantization_aware(model)
+        notes.append("Keras 3 model converted as is: its kernels hold their zeros and shared values"
+                     + (", its quantization-aware layers their learned int8 ranges" if qat else ""))
     else:
         model, stripped, qat = _strip_for_conversion(model, notes)
         half = _half_dtype(model)
@@ -653,6 +672,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     content = convert_to_bytes(model, precision, samples, io_dtype, notes=notes)
     conversion_seconds = time.perf_counter() - started
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
+    dense_gzip_bytes = sparse_gzip_bytes = None
     sparsity = weight_sparsity(model)
     if sparse is False:
         sparse_state = "off"
@@ -665,16 +685,22 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         sparse_content = convert_to_bytes(model, precision, samples, io_dtype, sparse=True)  # batch as above
         conversion_seconds += time.perf_counter() - started
         sparse_bytes = len(sparse_content)
-        if sparse_bytes >= dense_bytes:
-            sparse_state = "not smaller; dense kept"
-        elif sparse is True or default_runtime_loads(sparse_content):
+        # The download decides: sizes after gzip, where the zeros of a dense file cost little.
+        dense_gzip_bytes, sparse_gzip_bytes = gzip_size(content), gzip_size(sparse_content)
+        runs = runs_on_litert(sparse_content)
+        if sparse is True:
             content, sparse_state = sparse_content, "used"
-            if not default_runtime_loads(sparse_content):
+            if not runs:
                 sparse_state = "used (LiteRT's default XNNPACK runtime cannot run it; builtin kernels can)"
-        else:
+        elif not runs:
             sparse_state = ("not used: LiteRT's default XNNPACK runtime cannot run the sparse "
                             "file; pass sparse=True to keep it anyway")
-        notes.append(f"sparse encoding {sparse_state}: dense {dense_bytes:,} B, sparse {sparse_bytes:,} B")
+        elif sparse_gzip_bytes >= dense_gzip_bytes:
+            sparse_state = "not smaller after gzip; dense kept"
+        else:
+            content, sparse_state = sparse_content, "used"
+        notes.append(f"sparse encoding {sparse_state}: dense {dense_bytes:,} B ({dense_gzip_bytes:,} gzip), "
+                     f"sparse {sparse_bytes:,} B ({sparse_gzip_bytes:,} gzip)")
 
     if precision == "int8" and samples is None:
         float_ops = [op.name for op in parse_flatbuffer(content).float_ops()]
@@ -719,7 +745,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         verification=verification, edgetpu=edgetpu,
         calibration_samples=0 if samples is None else len(samples), stripped=stripped,
         quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
-        sparse_bytes=sparse_bytes, conversion_seconds=conversion_seconds, notes=notes,
+        sparse_bytes=sparse_bytes, dense_gzip_bytes=dense_gzip_bytes, sparse_gzip_bytes=sparse_gzip_bytes,
+        conversion_seconds=conversion_seconds, notes=notes,
         fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled, float32_copy=bool(half),
     )
 

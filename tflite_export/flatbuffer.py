@@ -231,3 +231,87 @@ def parse_flatbuffer(data, source="<bytes>"):
         raise
     except Exception as e:  # the generated parser fails with many types on garbage
         raise InvalidModelFileError(f"{hint} (Parser error: {type(e).__name__}: {e})") from e
+
+
+# Kernel storage types: integer constants of rank >= 2 (PAD's paddings, ...) are not weights.
+WEIGHT_TYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int16")
+_NUMPY = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "int8": "i1", "uint8": "u1", "int16": "<i2"}
+
+
+@dataclass
+class WeightTensor:
+    """One kernel stored in a flatbuffer: what `weight_cost` counts.
+
+    Arguments:
+        name: the tensor's name.
+        dtype: its storage type (`"int8"`, `"float16"`, ...).
+        shape: its dense shape.
+        values: the stored values as a numpy array: every value of a dense
+            tensor, only the kept ones (or kept blocks) of a sparse one.
+        sparse: True when the tensor uses TFLite's sparse encoding.
+        index: the bytes of a sparse tensor's index arrays (segments and
+            indices of its compressed dimensions, traversal order, block map);
+            empty for a dense tensor.
+    """
+
+    name: str
+    dtype: str
+    shape: list
+    values: np.ndarray
+    sparse: bool = False
+    index: bytes = b""
+
+
+def _vector_bytes(vector):
+    """The raw bytes of one of the schema's index vectors (Int32Vector, Uint16Vector, Uint8Vector)."""
+    if vector is None or getattr(vector, "values", None) is None:
+        return b""
+    return np.ascontiguousarray(vector.values).tobytes()
+
+
+def weight_tensors(data):
+    """The kernels of a flatbuffer: constant tensors of rank >= 2 with a weight storage type.
+
+    Every subgraph is read; a buffer shared by several tensors counts once.
+
+    Arguments:
+        data: flatbuffer bytes.
+
+    Returns:
+        A list of `WeightTensor`.
+
+    Example:
+
+    >>> kernels = weight_tensors(open("model_int8.tflite", "rb").read())
+    >>> sum(k.values.size for k in kernels)
+    """
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    buffers = model.buffers or []
+    seen, found = set(), []
+    for subgraph in model.subgraphs or []:
+        for t in subgraph.tensors or []:
+            dtype = _TYPE_NAMES.get(t.type, "")
+            shape = [int(d) for d in t.shape] if t.shape is not None else []
+            if dtype not in WEIGHT_TYPES or len(shape) < 2 or not 0 < t.buffer < len(buffers) or t.buffer in seen:
+                continue
+            buf = buffers[t.buffer]
+            if buf.data is not None and len(buf.data):
+                raw = np.asarray(buf.data, np.uint8).tobytes()
+            elif buf.offset not in _NO_OFFSET:
+                raw = bytes(data[buf.offset:buf.offset + buf.size])
+            else:
+                continue
+            seen.add(t.buffer)
+            index = b""
+            if t.sparsity is not None:
+                s = t.sparsity
+                parts = [np.asarray(s.traversalOrder if s.traversalOrder is not None else [], "<i4").tobytes(),
+                         np.asarray(s.blockMap if s.blockMap is not None else [], "<i4").tobytes()]
+                for dim in s.dimMetadata or []:
+                    parts += [_vector_bytes(dim.arraySegments), _vector_bytes(dim.arrayIndices)]
+                index = b"".join(parts)
+            found.append(WeightTensor(
+                name=(t.name or b"").decode("utf-8", "replace"), dtype=dtype, shape=shape,
+                values=np.frombuffer(raw, _NUMPY[dtype]), sparse=t.sparsity is not None, index=index,
+            ))
+    return found

@@ -157,6 +157,15 @@ class ModelReport:
         sparse_tensors: number of tensors stored with sparse encoding.
         metadata: names of the flatbuffer's metadata entries (e.g. `TFLITE_METADATA`).
         model_metadata: decoded Android metadata (name, normalization, labels) when present.
+        weights: elements of the kernels (constant float/int8/int16 tensors of rank >= 2), dense count.
+        nonzero_weights: nonzero values stored in those kernels.
+        weight_deflate_bytes: the kernels' stored values, concatenated and deflated (level 9): zeros
+            included for a dense tensor, only the kept values for a sparse-encoded one.
+        index_deflate_bytes: the sparse-encoded kernels' index arrays, deflated (0 when none is sparse).
+        bits_per_nonzero: `8 * weight_deflate_bytes / nonzero_weights`: what one kept weight costs in
+            the download, the zeros' share included for dense tensors.
+        index_bits_per_nonzero: `8 * index_deflate_bytes / nonzero_weights`: the sparse index's cost
+            per kept weight (0.0 for a dense file).
     """
 
     path: str
@@ -171,12 +180,34 @@ class ModelReport:
     sparse_tensors: int = 0
     metadata: list = field(default_factory=list)
     model_metadata: dict = None
+    weights: int = 0
+    nonzero_weights: int = 0
+    weight_deflate_bytes: int = 0
+    index_deflate_bytes: int = 0
+
+    @property
+    def bits_per_nonzero(self):
+        return 8.0 * self.weight_deflate_bytes / self.nonzero_weights if self.nonzero_weights else None
+
+    @property
+    def index_bits_per_nonzero(self):
+        return 8.0 * self.index_deflate_bytes / self.nonzero_weights if self.nonzero_weights else None
+
+    def _weight_row(self):
+        if not self.weights:
+            return None
+        text = (f"{self.nonzero_weights:,} of {self.weights:,} nonzero; after deflate "
+                f"{self.bits_per_nonzero:.2f} bits per nonzero")
+        if self.index_deflate_bytes:
+            text += f" + {self.index_bits_per_nonzero:.2f} index bits (sparse encoding)"
+        return text
 
     def rows(self):
         return [
             ("file", self.path),
             ("bytes", f"{self.bytes:,}"),
             ("gzip bytes", f"{self.gzip_bytes:,}"),
+            ("kernel weights", self._weight_row()),
             ("inputs", _io(self.inputs)),
             ("outputs", _io(self.outputs)),
             ("ops", _ops(self.op_counts)),
@@ -190,7 +221,8 @@ class ModelReport:
         ]
 
     def to_dict(self):
-        return dict(vars(self))
+        return {**vars(self), "bits_per_nonzero": self.bits_per_nonzero,
+                "index_bits_per_nonzero": self.index_bits_per_nonzero}
 
     def to_json(self, **kwargs):
         """Returns the report as a JSON string (keyword arguments go to `json.dumps`)."""
@@ -214,9 +246,14 @@ class ExportResult:
         stripped: the compression wrappers `tfcompress.strip` removed before conversion, e.g.
             `["pruning", "quantization"]` (empty, so falsy, when the model needed no stripping).
         quantization_aware: True when the model carried QAT ranges (no calibration needed).
-        sparse_encoding: `"used"`, `"off"`, `"not sparse"` or why it was not used.
+        sparse_encoding: `"used"`, `"off"`, `"not sparse"` or why it was not used. Unless forced,
+            the sparse file is used only when it is smaller after gzip (the download) and LiteRT's
+            default runtime invokes it.
         dense_bytes: size without sparse encoding (equals `bytes` unless sparse was used).
         sparse_bytes: size with sparse encoding when it was tried, else None.
+        dense_gzip_bytes / sparse_gzip_bytes: the same after gzip -9 (None when not measured).
+        bits_per_nonzero / index_bits_per_nonzero: what one kept kernel weight costs after deflate,
+            and its sparse index apart (see `ModelReport`).
         conversion_seconds: wall time the TFLite converter took for this file (the sparse
             variant included when tried, and for a recurrent model calibrated, the FP32
             conversion that checks its graph for loops; verification not).
@@ -245,6 +282,8 @@ class ExportResult:
     sparse_encoding: str = "off"
     dense_bytes: int = None
     sparse_bytes: int = None
+    dense_gzip_bytes: int = None
+    sparse_gzip_bytes: int = None
     notes: list = field(default_factory=list)
     conversion_seconds: float = None
     fixed_batch: int = None
@@ -275,6 +314,14 @@ class ExportResult:
         return self.report.gzip_bytes
 
     @property
+    def bits_per_nonzero(self):
+        return self.report.bits_per_nonzero
+
+    @property
+    def index_bits_per_nonzero(self):
+        return self.report.index_bits_per_nonzero
+
+    @property
     def inputs(self):
         return self.report.inputs
 
@@ -292,7 +339,9 @@ class ExportResult:
             "gzip_bytes": self.gzip_bytes, "calibration_samples": self.calibration_samples,
             "stripped": self.stripped, "quantization_aware": self.quantization_aware,
             "sparse_encoding": self.sparse_encoding, "dense_bytes": self.dense_bytes,
-            "sparse_bytes": self.sparse_bytes, "conversion_seconds": self.conversion_seconds,
+            "sparse_bytes": self.sparse_bytes, "dense_gzip_bytes": self.dense_gzip_bytes,
+            "sparse_gzip_bytes": self.sparse_gzip_bytes, "bits_per_nonzero": self.bits_per_nonzero,
+            "index_bits_per_nonzero": self.index_bits_per_nonzero, "conversion_seconds": self.conversion_seconds,
             "fixed_batch": self.fixed_batch, "unrolled": self.unrolled, "float32_copy": self.float32_copy,
             "edgetpu_fully_mapped": self.edgetpu_fully_mapped, "first_cpu_op": self.first_cpu_op,
             "notes": self.notes,
@@ -314,8 +363,10 @@ class ExportResult:
     def __str__(self):
         rows = [("precision", self.precision)] + self.report.rows()
         if self.sparse_bytes is not None:
+            gzipped = (f", gzip {self.dense_gzip_bytes:,} / {self.sparse_gzip_bytes:,} B"
+                       if self.sparse_gzip_bytes is not None else "")
             rows.append(("sparse encoding", f"{self.sparse_encoding} (dense {self.dense_bytes:,} B, "
-                                            f"sparse {self.sparse_bytes:,} B)"))
+                                            f"sparse {self.sparse_bytes:,} B{gzipped})"))
         rows += [
             ("calibration samples", self.calibration_samples or None),
             ("stripped", f"compression wrappers ({', '.join(self.stripped)}) with tfcompress.strip before conversion"
