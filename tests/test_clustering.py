@@ -76,7 +76,7 @@ def test_errors_name_the_fix(mlp):
         cluster(mlp, clusters=1)
     with pytest.raises(ValueError, match="init"):
         cluster(mlp, init="median")
-    with pytest.raises(ValueError, match="preserve_sparsity=True"):
+    with pytest.raises(ValueError, match="before its pruning ends"):
         cluster(tfc.prune(mlp, 0.5))
     with pytest.raises(ValueError, match="Drop `preserve=`"):
         quantize(cluster(mlp), preserve="clusters")

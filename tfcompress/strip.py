@@ -5,14 +5,22 @@ from tfcompress._tfmot import tfmot
 
 import numpy as np
 
-from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, is_keras3_functional, keras3
+from tfcompress._keras import (
+    KERAS3,
+    check_keras3_model,
+    check_model,
+    generation,
+    is_keras3_functional,
+    keras3,
+    weight_name,
+)
 from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints
 from tfcompress._layers import clone_with_weights
-from tfcompress.clustering.wrapper import find_cluster_wrappers
+from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
 from tfcompress.pruning.channels import is_channel_pruned, strip_channels
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.strip import strip_quantization
-from tfcompress.quantization.wrappers import find_quantization_layers
+from tfcompress.quantization.wrappers import find_quantization_layers, rebuilt_copy
 
 
 def strip(model):
@@ -67,11 +75,32 @@ def strip(model):
             "Clustering never started in this model (its `begin` is after the last trained "
             "step): the stripped kernels are clustered from their current values."
         )
-    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    stripped = tfmot.sparsity.keras.strip_pruning(_strip_pruned_clusters(model))
     if clustered:
         stripped = tfmot.clustering.keras.strip_clustering(stripped)
     # tfmot's strip returns the training model's own layer objects; copy them.
     return clone_with_weights(stripped)
+
+
+def _strip_pruned_clusters(model):
+    """`model` with each clustering wrapper around a pruned layer replaced by the plain layer, shared values in.
+
+    tfmot strips one wrapper per layer; the other layers stay as they are for its strips.
+    """
+    if not any(wrapper.pruned for wrapper in find_cluster_wrappers(model) if isinstance(wrapper, ClusterWeights)):
+        return model
+
+    def plain(layer):
+        if not (isinstance(layer, ClusterWeights) and layer.pruned):
+            return layer, None
+        new = rebuilt_copy(layer.pruned.layer, layer)
+        values = layer.shared_values()
+        for variable in new.weights:
+            if weight_name(variable) in values:
+                variable.assign(values[weight_name(variable)])
+        return new, None
+
+    return clone_with_weights(model, plain)
 
 
 def _plain_config(config):

@@ -7,8 +7,14 @@ from tfcompress._tfmot import clustering_registry, pruning_wrapper
 from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation
 from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, named_layers
 from tfcompress.clustering.constraints import INITIALIZATIONS, cluster_with_constraints
-from tfcompress.clustering.wrapper import find_cluster_wrappers, wrapper_class
-from tfcompress.scheduling import validate_point
+from tfcompress.clustering.wrapper import (
+    ClusterWeights,
+    clustering_before_pruning_ends,
+    find_cluster_wrappers,
+    wrapper_class,
+)
+from tfcompress.pruning.wrapper import PruneLowMagnitude
+from tfcompress.scheduling import is_fraction, validate_point
 
 # tfmot clusters these, but a rebuilt copy cannot take their trained weights before its first call.
 _LEFT_FLOAT = ("MultiHeadAttention",)
@@ -18,6 +24,25 @@ def _clusterable(layer):
     if type(layer).__name__ in _LEFT_FLOAT or not clustering_registry.ClusteringRegistry.supports(layer):
         return False
     return bool(clustering_registry.ClusteringRegistry.make_clusterable(layer).get_clusterable_weights())
+
+
+def _check_pruned(layer, begin):
+    """Refuses a pruned layer clustering cannot follow: a recurrent one, or one still pruning at `begin`."""
+    if not isinstance(layer, PruneLowMagnitude):
+        raise ValueError(
+            f"Layer {layer.name!r} was pruned by tfmot's own prune_low_magnitude; tfc.cluster clusters "
+            "layers pruned by tfc.prune. Prune with tfc.prune, or strip first: "
+            "tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
+        )
+    if wrapper_class(layer.layer) is not ClusterWeights:
+        raise ValueError(
+            f"tfc.cluster cannot cluster the pruned {type(layer.layer).__name__} {layer.layer.name!r} in the "
+            "same fit (its kernels live in cells). Strip the pruned model first and keep its zeros: "
+            "tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
+        )
+    end = layer.pruning_schedule.end
+    if is_fraction(end) == is_fraction(begin) and begin < end:
+        raise clustering_before_pruning_ends(layer.layer.name, begin, end)
 
 
 def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity=False, layers=None):
@@ -35,15 +60,23 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
     weights and puts the weights on it. Sequential and functional models are
     copied; a subclassed model is clustered in place.
 
+    A model returned by `tfc.prune` is clustered in the same fit, after its
+    pruning (Deep Compression's prune, then share): each pruned layer's
+    wrapper is wrapped again, and from `begin`, which must not come before
+    the pruning's `end`, its masked kernel is clustered with the zeros kept.
+    `tfc.quantize` of the result adds QAT as a third phase.
+
     Arguments:
-        model: a built Sequential or functional tf_keras model, or a built
-            Keras 3 model.
+        model: a built Sequential or functional tf_keras model (possibly
+            returned by `tfc.prune`), or a built Keras 3 model.
         clusters: shared values per kernel (> 1).
         begin: when clustering starts: a fraction of the fit (float) or a step (int).
         init: centroid initialization, as tfmot offers it: "kmeans++",
             "linear", "density" or "random".
         preserve_sparsity: keep zero weights at zero (for a model stripped
-            after `tfc.prune`).
+            after `tfc.prune`). A model still wrapped by `tfc.prune` always
+            keeps its zeros: one centroid is zero, so a kernel holds at most
+            `clusters` values, zero included.
         layers: which layers: names, layer classes or a predicate; None
             clusters every layer tfmot can cluster (Dense, Conv, ...).
 
@@ -58,6 +91,9 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
     clustered.compile(...)
     clustered.fit(x, y, epochs=5, callbacks=[tfc.CompressionCallback()])
     final = tfc.strip(clustered)
+
+    # Deep Compression in one fit: prune to 90%, share 16 values, then QAT.
+    model = tfc.quantize(tfc.cluster(tfc.prune(model, 0.9, end=0.5), 16, begin=0.5), start=0.8)
     ```
     """
     keras3 = generation(model, "tfc.cluster") == KERAS3
@@ -78,15 +114,12 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
         return cluster_with_constraints(model, clusters, begin, init, preserve_sparsity, chosen, named)
 
     def wrap(layer):
-        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-            raise ValueError(
-                "tfc.cluster cannot wrap a pruned layer. Strip the pruned model first and keep "
-                "its zeros: tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
-            )
+        pruned = isinstance(layer, pruning_wrapper.PruneLowMagnitude)
+        inner = layer.layer if pruned else layer
         copy = fresh_copy(layer)
-        if chosen is None and type(layer).__name__ in _LEFT_FLOAT:
-            skipped.append(layer.name)
-        if (chosen is not None and not chosen(layer)) or not _clusterable(layer):
+        if chosen is None and type(inner).__name__ in _LEFT_FLOAT:
+            skipped.append(inner.name)
+        if (chosen is not None and not (chosen(layer) or chosen(inner))) or not _clusterable(inner):
             if layer.name in named:
                 raise ValueError(
                     f"Layer {layer.name!r} ({type(layer).__name__}) cannot be clustered by tfmot. "
@@ -94,6 +127,8 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
                     "tfmot.clustering.keras.ClusterableLayer on it."
                 )
             return copy
+        if pruned:
+            _check_pruned(layer, begin)
         # Weights go in before wrapping: tfmot computes the centroids when the wrapper is built.
         # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
         with tf.name_scope(f"cluster_{layer.name}"):
@@ -104,7 +139,7 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
             clusters,
             begin=begin,
             cluster_centroids_init=INITIALIZATIONS[init],
-            preserve_sparsity=preserve_sparsity,
+            preserve_sparsity=preserve_sparsity or pruned,
         )
         return wrapper, None
 

@@ -4,7 +4,7 @@ import inspect
 
 import numpy as np
 import tensorflow as tf
-from tfcompress._tfmot import pruning_wrapper, smart_cond
+from tfcompress._tfmot import cluster_wrapper, clustering_registry, pruning_wrapper, smart_cond
 
 from tfcompress._keras import float32_variables, keras
 from tfcompress._layers import walk
@@ -91,6 +91,19 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
             self.add_metric(metric(1.0 - kept / total))
         return outputs
 
+    def get_clusterable_weights(self):
+        """The kernels a clustering wrapper around this pruned layer shares: its layer's, as tfmot names them.
+
+        Makes `tfc.cluster(tfc.prune(model))` one model: tfmot's
+        `ClusterWeights` accepts a layer that lists its clusterable weights.
+        """
+        return clustering_registry.ClusteringRegistry.make_clusterable(self.layer).get_clusterable_weights()
+
+    def get_clusterable_algorithm(self, weight_name):
+        """None: the wrapped layer's kernels cluster with tfmot's default algorithm."""
+        del weight_name
+        return None
+
     def get_config(self):
         config = super().get_config()
         config["sparsity_m_by_n"] = self.sparsity_m_by_n
@@ -103,3 +116,7 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
         config["pruning_schedule"] = SCHEDULES[schedule["class_name"]](**schedule["config"])
         config["layer"] = keras.layers.deserialize(config.pop("layer"))
         return cls(**config)
+
+
+# tfmot's ClusterWeights takes a ClusterableLayer; a pruned layer is one (see get_clusterable_weights).
+cluster_wrapper.clusterable_layer.ClusterableLayer.register(PruneLowMagnitude)

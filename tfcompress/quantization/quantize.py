@@ -24,15 +24,17 @@ from tfcompress._metrics import report_metric
 from tfcompress.clustering.wrapper import find_cluster_wrappers
 from tfcompress.pruning.channels import is_channel_pruned, shrink_for_quantization
 from tfcompress.pruning.wrapper import find_pruning_wrappers
-from tfcompress.quantization.coverage import COMPRESSION_WRAPPERS, uncovered_error, uncovered_layers, user_layer
-from tfcompress.quantization.registry import FOLDING_CONVS, is_op_layer, op_needs_range
+from tfcompress.quantization.coverage import COMPRESSION_WRAPPERS, uncovered_error, uncovered_layers
+from tfcompress.quantization.registry import FOLDING_CONVS, is_op_layer, op_needs_range, unsupported_reason
 from tfcompress.quantization.scheme import QuantizeScheme
 from tfcompress.quantization.wrappers import (
     WrappedLayerQuantizeConfig,
     QuantizeInput,
     QuantizeWrapper,
     find_quantization_layers,
+    clustering_after_freeze,
     rebuilt_copy,
+    unwrapped,
 )
 from tfcompress.scheduling import is_fraction, validate_point
 
@@ -76,7 +78,7 @@ def _wrapped_conv_batchnorm(model):
     for layer in all_layers(model):
         if not isinstance(layer, COMPRESSION_WRAPPERS):
             continue
-        inner, consumers = layer.layer, _consumers(layer)
+        inner, consumers = unwrapped(layer), _consumers(layer)
         if (
             isinstance(inner, FOLDING_CONVS)
             and keras.activations.serialize(inner.activation) == "linear"
@@ -103,9 +105,9 @@ def _selector(model, layers):
     if layers is None:
         return lambda layer: True
     if callable(layers) and not isinstance(layers, type):
-        return lambda layer: bool(layers(user_layer(layer)))
+        return lambda layer: bool(layers(unwrapped(layer)))
     chosen = layer_selector(model, layers)
-    return lambda layer: chosen(layer) or chosen(user_layer(layer))
+    return lambda layer: chosen(layer) or chosen(unwrapped(layer))
 
 
 def _annotate(model, quantized, registry):
@@ -121,7 +123,7 @@ def _annotate(model, quantized, registry):
             return layer
         if isinstance(layer, COMPRESSION_WRAPPERS):
             config = WrappedLayerQuantizeConfig(
-                registry.get_quantize_config(layer.layer), quantize_activation=layer.name not in convs_into_norm
+                registry.get_quantize_config(unwrapped(layer)), quantize_activation=layer.name not in convs_into_norm
             )
             return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
         if layer.name in norm_configs:
@@ -268,9 +270,34 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
         return _quantize(model, layers, preserve, unsupported, start, freeze)
 
 
+def _check_clustering_before_freeze(model, freeze):
+    """Refuses clustering that would begin once activation ranges and BatchNorm statistics are frozen."""
+    if freeze is None:
+        return
+    for wrapper in find_cluster_wrappers(model):
+        begin = getattr(wrapper, "begin", 0.0)
+        if is_fraction(begin) == is_fraction(freeze) and begin >= freeze:
+            raise clustering_after_freeze(unwrapped(wrapper).name, begin, freeze)
+
+
+def _uncovered(model, chosen):
+    """`uncovered_layers`, looking through both wrappers of a clustered pruned layer."""
+    nested = {layer.name for layer in model.layers if isinstance(getattr(layer, "layer", None), COMPRESSION_WRAPPERS)}
+    uncovered = uncovered_layers(model, lambda layer: chosen(layer) and layer.name not in nested)
+    for layer in model.layers:
+        reason = unsupported_reason(unwrapped(layer)) if layer.name in nested and chosen(layer) else None
+        if reason is not None:
+            raise ValueError(
+                f"tfc.quantize cannot quantize the pruned and clustered layer {unwrapped(layer).name!r} "
+                f"({reason}). Leave it float: layers=lambda l: l.name != {unwrapped(layer).name!r}."
+            )
+    return uncovered
+
+
 def _quantize(model, layers, preserve, unsupported, start, freeze):
     chosen = _selector(model, layers)
-    uncovered = uncovered_layers(model, chosen)
+    _check_clustering_before_freeze(model, freeze)
+    uncovered = _uncovered(model, chosen)
     if uncovered and unsupported == "error":
         raise uncovered_error(model, chosen, uncovered)
     if uncovered:

@@ -20,18 +20,18 @@ from tfcompress.quantization.wrappers import (
     QuantizeWrapper,
     find_quantization_layers,
     rebuilt_copy,
+    unwrapped,
 )
 
 
 def _apply_clusters(wrapper, layer):
-    """Gives `layer`'s kernels the shared values `wrapper` computes from its float kernels."""
+    """Gives `layer`'s kernels the shared values `wrapper` computes from its float kernels (zeros kept)."""
     if not int(wrapper.clustering_on.numpy()):
         return
     # By name: a quantization wrapper has replaced the inner kernel attribute by a tensor.
     variables = {weight_name(v): v for v in layer.weights}
-    for name, weight in wrapper.original_clusterable_weights.items():
-        clustered = wrapper.clustering_algorithms[name].get_clustered_weight(wrapper.pulling_indices[name], weight)
-        variables[name].assign(clustered)
+    for name, values in wrapper.shared_values().items():
+        variables[name].assign(values)
 
 
 def strip_quantization(model):
@@ -54,7 +54,7 @@ def strip_quantization(model):
         if isinstance(layer, QuantizeWrapper):
             inner, config = layer.layer, layer.quantize_config
             if isinstance(config, WrappedLayerQuantizeConfig):
-                plain_inner = rebuilt_copy(inner.layer, layer)
+                plain_inner = rebuilt_copy(unwrapped(inner), layer)
                 if not config.quantize_activation:
                     # How tfmot marks a convolution feeding a BatchNorm: no fake quant in between.
                     plain_inner.activation = quantize_aware_activation.NoOpActivation()
@@ -73,7 +73,7 @@ def strip_quantization(model):
         elif isinstance(layer, pruning_wrapper.PruneLowMagnitude):
             new = fresh_copy(layer.layer)
         elif isinstance(layer, cluster_wrapper.ClusterWeights):
-            new = rebuilt_copy(layer.layer, layer)
+            new = rebuilt_copy(unwrapped(layer), layer)
             clustered.append((layer, new))
         else:
             new = fresh_copy(layer)

@@ -54,6 +54,11 @@ class PhasedQuantization(Scheduled):
                 f"Quantization freezes at step {freeze}, before it starts at step {start}; "
                 "`freeze` must not come before `start`."
             )
+        clustered = getattr(self, "layer", None)
+        if isinstance(clustered, cluster_wrapper.ClusterWeights) and freeze is not None and hasattr(clustered, "begin"):
+            begin = resolve_point(clustered.begin, total_steps)
+            if begin >= freeze:
+                raise clustering_after_freeze(unwrapped(clustered).name, begin, freeze, "step ")
         self._start_step, self._freeze_step = start, freeze
         self._phase = -1
         frozen = "" if freeze is None else f", ranges and BatchNorm frozen from step {freeze}"
@@ -113,19 +118,20 @@ class QuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2, PhasedQuantiza
         self._weight_vars = weight_vars
         if isinstance(self.layer, cluster_wrapper.ClusterWeights):
             self.layer.weights_set_by_parent = True
-        if isinstance(self.layer, PruneLowMagnitude):
-            self.layer.updated_by_parent = True
+        if isinstance(_pruned_inside(self.layer), PruneLowMagnitude):
+            _pruned_inside(self.layer).updated_by_parent = True
         for activation in self._quantize_activations:
             activation.quantizer = GatedQuantizer(activation.quantizer, self, freezable=True)
         self._output_quantizers = [GatedQuantizer(q, self, freezable=True) for q in self._output_quantizers]
 
     def call(self, inputs, training=None, **kwargs):
         self._check_driven(training)
-        if isinstance(self.layer, PruneLowMagnitude):
+        pruned = _pruned_inside(self.layer)
+        if isinstance(pruned, PruneLowMagnitude):
             # Mask first, so the kernel that gets fake-quantized already has its zeros (see update_masks).
-            self.layer.update_masks(training)
-        elif isinstance(self.layer, pruning_wrapper.PruneLowMagnitude):
-            self.layer.pruning_obj.weight_mask_op()
+            pruned.update_masks(training)
+        elif pruned is not None:
+            pruned.pruning_obj.weight_mask_op()
         if training is True and self.freeze is not None and isinstance(self.layer, keras.layers.BatchNormalization):
             return tf.cond(
                 self.qat_frozen > 0,
@@ -217,7 +223,7 @@ class WrappedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         self.quantize_activation = quantize_activation
 
     def get_weights_and_quantizers(self, layer):
-        pairs = self.inner.get_weights_and_quantizers(layer.layer)
+        pairs = self.inner.get_weights_and_quantizers(unwrapped(layer))
         if not isinstance(layer, cluster_wrapper.ClusterWeights):
             return pairs
         # The clustering wrapper replaces the inner kernel attribute by a tensor: use its variables.
@@ -228,17 +234,17 @@ class WrappedLayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         ]
 
     def get_activations_and_quantizers(self, layer):
-        return self.inner.get_activations_and_quantizers(layer.layer) if self.quantize_activation else []
+        return self.inner.get_activations_and_quantizers(unwrapped(layer)) if self.quantize_activation else []
 
     def set_quantize_weights(self, layer, quantize_weights):
-        self.inner.set_quantize_weights(layer.layer, quantize_weights)
+        self.inner.set_quantize_weights(unwrapped(layer), quantize_weights)
 
     def set_quantize_activations(self, layer, quantize_activations):
         if self.quantize_activation:
-            self.inner.set_quantize_activations(layer.layer, quantize_activations)
+            self.inner.set_quantize_activations(unwrapped(layer), quantize_activations)
 
     def get_output_quantizers(self, layer):
-        return self.inner.get_output_quantizers(layer.layer) if self.quantize_activation else []
+        return self.inner.get_output_quantizers(unwrapped(layer)) if self.quantize_activation else []
 
     def get_config(self):
         return {
@@ -272,20 +278,38 @@ class ClusteredQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         wrapper, name = self.cluster_layer, self.weight_name
-        algorithm, indices = wrapper.clustering_algorithms[name], wrapper.pulling_indices[name]
-
-        def clustered():
-            if training:
-                # As tfmot's wrapper does each step: weights may have moved to another centroid.
-                with tf.control_dependencies([indices.assign(algorithm.get_pulling_indices(inputs))]):
-                    return algorithm.get_clustered_weight(indices, inputs)
-            return algorithm.get_clustered_weight(indices, inputs)
-
-        shared = tf.cond(wrapper.clustering_on > 0, clustered, lambda: tf.identity(inputs))
+        # Training moves weights to their nearest centroid, as tfmot's wrapper does each step.
+        shared = tf.cond(
+            wrapper.clustering_on > 0, lambda: wrapper.shared(name, inputs, bool(training)), lambda: tf.identity(inputs)
+        )
         return self.inner(shared, training, weights, **kwargs)
 
     def get_config(self):
         return self.inner.get_config()
+
+
+def clustering_after_freeze(layer_name, begin, freeze, unit=""):
+    """The error for clustering that begins after QAT froze the ranges its shared values would move."""
+    return ValueError(
+        f"Clustering of layer {layer_name!r} begins at {unit}{begin}, once quantization has frozen its "
+        f"ranges at {unit}{freeze}: the shared values would move activations out of ranges that no longer "
+        f"follow them. Begin clustering before the freeze (tfc.cluster(..., begin=...) < {freeze}) or "
+        f"freeze later (tfc.quantize(..., freeze=...) > {begin})."
+    )
+
+
+def unwrapped(layer):
+    """The layer the user built, inside any pruning and clustering wrappers (`tfc.cluster(tfc.prune(m))` nests two)."""
+    while isinstance(layer, (pruning_wrapper.PruneLowMagnitude, cluster_wrapper.ClusterWeights)):
+        layer = layer.layer
+    return layer
+
+
+def _pruned_inside(layer):
+    """The pruning wrapper `layer` is or wraps (a clustering wrapper around a pruned layer), or None."""
+    if isinstance(layer, cluster_wrapper.ClusterWeights):
+        layer = layer.layer
+    return layer if isinstance(layer, pruning_wrapper.PruneLowMagnitude) else None
 
 
 def find_quantization_layers(model):
