@@ -22,6 +22,7 @@ from tfcompress.clustering import cluster
 from tfcompress.distillation import Distiller
 from tfcompress.pruning import prune
 from tfcompress.quantization import quantize
+from tfcompress.quantization import keras3_layers as _keras3_layers  # noqa: F401 (registers them for loading)
 from tfcompress.saving import custom_object_scope, custom_objects, load_model
 from tfcompress.sensitivity import SensitivityResult, sensitivity
 from tfcompress.strip import strip

@@ -218,6 +218,11 @@ def _float_reference(model, qat, notes):
     """The model whose FP32 flatbuffer is the latency reference: for QAT, the float model inside."""
     if not qat:
         return model
+    if _is_keras3(model):
+        from tfcompress.quantization.keras3 import float_twin_keras3
+
+        notes.append("fp32 latency is the float model's: the same layers and weights, fake quantization off")
+        return float_twin_keras3(model)
     twin = float_twin(model)
     if twin is None:
         notes.append("fp32 latency is the quantization-aware model's converted to float, fake-quant "
@@ -525,7 +530,9 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
             QAT layers, is converted as `tfcompress.strip(model)` gives it (`result.stripped`
             names what was stripped); tfmot's standard QAT layers are kept so their learned
             ranges are used. A Keras 3 model (or a `.keras`/`.h5`
-            file Keras 3 wrote) with defined inputs is converted as is. A tf_keras model
+            file Keras 3 wrote) with defined inputs is converted as is (a `tfc.quantize` one
+            needs no representative_data for int8); on the JAX backend `export` saves it and
+            converts it in a fresh TensorFlow-backend process (`keras3_reload`). A tf_keras model
             built under a mixed-precision policy is converted as its float32 copy, same
             weights (`result.float32_copy`). A model with recurrent layers (LSTM, GRU, ...)
             is converted from a batch-1 signature (`result.fixed_batch`); for calibrated
@@ -589,6 +596,14 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if sparse not in ("auto", True, False):
         raise ValueError(f"sparse must be 'auto', True or False; got {sparse!r}.")
     path = check_writable(path)  # before the conversion, which takes seconds
+    from tflite_export.keras3_reload import export_through_tensorflow, on_jax
+
+    if on_jax(model):  # the converter reads TensorFlow graphs: reload the model on the TF backend
+        return export_through_tensorflow(model, path, dict(
+            precision=precision, representative_data=representative_data, validation_data=validation_data,
+            max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse, metadata=metadata,
+            num_threads=num_threads, latency_runs=latency_runs, min_accuracy=min_accuracy,
+            max_accuracy_drop=max_accuracy_drop, verbose=verbose))
     with quiet(verbose):
         result = _export(model, path, precision, representative_data, validation_data,
                          max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
@@ -611,8 +626,11 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     notes = []
     half = None
     if _check_model(model):
-        stripped, qat = [], False
-        notes.append("Keras 3 model converted as is (tfcompress's compression wrappers need tf_keras)")
+        from tfcompress.quantization.keras3 import is_quantization_aware
+
+        stripped, qat = [], is_quantization_aware(model)
+        notes.append("Keras 3 model converted as is: its kernels hold their zeros and shared values"
+                     + (", its quantization-aware layers their learned int8 ranges" if qat else ""))
     else:
         model, stripped, qat = _strip_for_conversion(model, notes)
         half = _half_dtype(model)

@@ -1,14 +1,332 @@
-"""Quantization-aware training for Keras 3 (`import keras`) models."""
+"""Quantization-aware training for Keras 3 (`import keras`) models.
 
-from tfcompress._keras import check_keras3_model
+tfmot wraps only tf_keras models and Keras 3 has no int8 QAT, so tfcompress
+rewrites a Keras 3 Sequential or functional model itself, layer by layer:
+kernel layers become their quantization-aware twins (`keras3_layers.py`), a
+BatchNormalization after a Dense or convolution folds into it, weightless
+layers that change a tensor's range (ReLU, Add, average pooling) get an
+`ActivationQuantizer` after them, and layers that only move values (max
+pooling, Flatten, Reshape, Dropout) stay as they are. Pruning and clustering
+constraints stay on the kernels, so the masked or clustered kernel is the one
+that gets fake-quantized.
+"""
+
+import numpy as np
+from absl import logging
+
+from tfcompress._keras import check_keras3_model, is_keras3_functional, keras3 as keras
+from tfcompress._layers import layer_selector
+from tfcompress.quantization.keras3_layers import (
+    FUSED_ACTIVATIONS,
+    KERNEL_LAYERS,
+    NEVER,
+    OWN_ACTIVATIONS,
+    QUANTIZATION_LAYERS,
+    ActivationQuantizer,
+    QuantizedKernel,
+    activation_name,
+)
+from tfcompress.scheduling import is_fraction, scheduled_parts, validate_point
+
+UNSUPPORTED = ("error", "float")
+# Layers that only move or pick values: their output keeps their input's int8 range.
+PASS_THROUGH = (
+    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
+)
+# Weightless layers whose output gets a range of its own.
+RANGED = (
+    keras.layers.Add, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+)
+
+
+def _is_relu(layer):
+    """True for a ReLU / ReLU6 layer TFLite fuses into the op before it."""
+    if type(layer) is keras.layers.ReLU:
+        config = layer.get_config()
+        return config["max_value"] in (None, 6.0) and not config["negative_slope"] and not config["threshold"]
+    return type(layer) is keras.layers.Activation and activation_name(layer.activation) in ("relu", "relu6")
+
+
+class _Graph:
+    """Who feeds whom in a functional model: producers and consumers of each layer."""
+
+    def __init__(self, functional):
+        self.consumers, self.producers, self.outputs = {}, {}, set()
+        for nodes in functional._nodes_by_depth.values():
+            for node in nodes:
+                if node.is_input:
+                    continue
+                for tensor in node.input_tensors:
+                    producer = tensor._keras_history.operation
+                    self.consumers.setdefault(id(producer), []).append(node.operation)
+                    self.producers.setdefault(id(node.operation), []).append(producer)
+        for tensor in functional.outputs:
+            self.outputs.add(id(tensor._keras_history.operation))
+
+    def only_consumer(self, layer):
+        """The one layer fed by `layer`, or None (several, none, or a model output)."""
+        consumers = self.consumers.get(id(layer), [])
+        if len(consumers) != 1 or id(layer) in self.outputs:
+            return None
+        return consumers[0]
+
+
+def _kernel_problem(layer):
+    """Why a Dense / Conv layer cannot be quantized, or None."""
+    name = activation_name(layer.activation)
+    if name not in FUSED_ACTIVATIONS + OWN_ACTIVATIONS:
+        return f"activation {name or type(layer.activation).__name__!r} has no int8 TFLite kernel"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return "channels_first"
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return "LoRA or Keras quantization is on"
+    return None
+
+
+class _Plan:
+    """What happens to each layer: quantized twin, folded, ranged, passed through, or kept float."""
+
+    def __init__(self, functional, chosen):
+        self.graph = _Graph(functional)
+        self.layers = [op for op in functional.operations if not isinstance(op, keras.layers.InputLayer)]
+        self.kind, self.uncovered, self.folded_into = {}, [], {}
+        for layer in self.layers:
+            if isinstance(layer, keras.Model):
+                raise ValueError(
+                    f"tfc.quantize cannot rewrite the nested model {layer.name!r}. Build the model flat "
+                    "(its layers directly in the outer functional model) before tfc.quantize."
+                )
+            if not chosen(layer):
+                self.kind[id(layer)] = "float"
+                continue
+            reason = self._classify(layer)
+            if reason:
+                self.uncovered.append((layer, reason))
+                self.kind[id(layer)] = "float"
+        for layer in self.layers:
+            if self.kind.get(id(layer)) == "norm":
+                producer = self.graph.producers[id(layer)][0]
+                if self.kind.get(id(producer)) != "kernel" or self.graph.only_consumer(producer) is not layer:
+                    self.kind[id(layer)] = "float"
+                    self.uncovered.append(
+                        (layer, "a BatchNormalization folds only right after a Dense / Conv without activation")
+                    )
+                else:
+                    self.folded_into[id(producer)] = layer
+
+    def _classify(self, layer):
+        kind = None
+        if type(layer) in KERNEL_LAYERS:
+            problem = _kernel_problem(layer)
+            if problem:
+                return problem
+            kind = "kernel"
+        elif type(layer) is keras.layers.BatchNormalization:
+            axis = layer.axis if isinstance(layer.axis, int) else None
+            if axis not in (-1, len(layer.input.shape) - 1):
+                return "normalizes an axis other than the last"
+            kind = "norm"
+        elif _is_relu(layer) or (
+            type(layer) is keras.layers.Activation and activation_name(layer.activation) in FUSED_ACTIVATIONS + OWN_ACTIVATIONS
+        ) or type(layer) in RANGED:
+            kind = "ranged"
+        elif type(layer) in PASS_THROUGH:
+            kind = "through"
+        else:
+            return "no 8-bit QAT rule for it"
+        self.kind[id(layer)] = kind
+        return None
+
+    def fused_relu_after(self, layer):
+        """True when the one consumer of `layer` (past a folded BatchNorm) is a quantized ReLU."""
+        after = self.graph.only_consumer(self.folded_into.get(id(layer), layer))
+        return after is not None and self.kind.get(id(after)) == "ranged" and _is_relu(after)
+
+    def quantized(self, layer):
+        return self.kind.get(id(layer)) not in (None, "float")
+
+
+def _selector(model, layers):
+    if layers is None:
+        return lambda layer: True
+    return layer_selector(model, layers)
+
+
+def _uncovered_error(uncovered):
+    groups = {}
+    for layer, reason in uncovered:
+        groups.setdefault(type(layer), []).append(f"{layer.name!r}: {reason}")
+    listed = "; ".join(f"{cls.__name__} ({', '.join(items)})" for cls, items in groups.items())
+    classes = ", ".join(f"keras.layers.{cls.__name__}" if hasattr(keras.layers, cls.__name__) else cls.__name__
+                        for cls in groups)
+    names = ", ".join(repr(layer.name) for layer, _ in uncovered)
+    return ValueError(
+        f"tfc.quantize cannot quantize {len(uncovered)} layer(s) of this Keras 3 model with 8-bit "
+        f"quantization-aware training: {listed}. Keep them float with one filter, "
+        f"layers=lambda l: l.name not in {{{names}}} (or not isinstance(l, ({classes},))), or pass "
+        "unsupported='float'; either way the int8 export then calibrates them from representative_data."
+    )
+
+
+def _check_phases(start, freeze):
+    start = validate_point(start, "start")
+    if freeze is not None:
+        freeze = validate_point(freeze, "freeze")
+        if is_fraction(start) == is_fraction(freeze) and freeze < start:
+            raise ValueError(f"`freeze` ({freeze}) must not come before `start` ({start}).")
+    return start, freeze
 
 
 def quantize_keras3(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsupported="error"):
-    """`tfc.quantize` for a Keras 3 model; see `tfc.quantize` for the arguments."""
+    """`tfc.quantize` for a Keras 3 model; see `tfc.quantize` for the arguments.
+
+    Returns:
+        A new functional Keras 3 model with quantization-aware layers
+        (compile it before fit), on the TensorFlow or JAX backend.
+
+    Example:
+
+    ```python
+    qat = tfc.quantize(tfc.prune(model, 0.8, end=0.5), start=0.6, freeze=0.9)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=10, callbacks=[tfc.CompressionCallback()])
+    tflite_export.export(qat, "model_int8.tflite", precision="int8")
+    ```
+    """
     check_keras3_model(model, "tfc.quantize")
-    raise NotImplementedError(
-        "tfc.quantize does not take Keras 3 models yet. Build the model with tf_keras "
-        "(`import tf_keras as keras`) for quantization-aware training, or export the Keras 3 "
-        "model with post-training int8: tflite_export.export(model, path, precision='int8', "
-        "representative_data=x)."
-    )
+    start, freeze = _check_phases(start, freeze)
+    if unsupported not in UNSUPPORTED:
+        raise ValueError(f"`unsupported` must be one of {UNSUPPORTED}; got {unsupported!r}.")
+    if preserve is not None:
+        raise ValueError(
+            "`preserve` is for stripped tf_keras models. A Keras 3 model keeps its zeros and shared values "
+            "through QAT while it carries tfc.prune / tfc.cluster constraints: quantize the model those "
+            "return (before tfc.strip), and drop `preserve=`."
+        )
+    if not is_keras3_functional(model):
+        raise TypeError(
+            f"tfc.quantize rewrites Keras 3 Sequential and functional models layer by layer, and cannot "
+            f"rewrite the subclassed model {model.name!r} ({type(model).__name__}). Build the same layers as a "
+            "functional model (inputs = keras.Input(shape); ...; keras.Model(inputs, outputs)) for QAT. "
+            "tfc.prune and tfc.cluster still take this model (they change it in place)."
+        )
+    if any(isinstance(layer, QUANTIZATION_LAYERS) for layer in model._flatten_layers(include_self=False)):
+        raise ValueError("This model is already quantized; call tfc.quantize once, on the float model.")
+    functional = model._functional if isinstance(model, keras.Sequential) else model
+    plan = _Plan(functional, _selector(model, layers))
+    if plan.uncovered and unsupported == "error":
+        raise _uncovered_error(plan.uncovered)
+    if plan.uncovered:
+        logging.warning(
+            "tfc.quantize keeps %d layer(s) float (unsupported='float'): %s. The int8 export "
+            "calibrates them: pass representative_data to tflite_export.export.",
+            len(plan.uncovered), ", ".join(layer.name for layer, _ in plan.uncovered),
+        )
+    return _rewrite(model, functional, plan, start, freeze)
+
+
+def _copy(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _rewrite(model, functional, plan, start, freeze):
+    """The quantization-aware functional model, and every weight carried over."""
+    replacements, pairs = {}, []
+
+    def ranged(inner, name):
+        quantizer = ActivationQuantizer(start=start, freeze=freeze, name=f"{name}_quant")
+
+        def call(*args, **kwargs):
+            return quantizer(inner(*args, **kwargs))
+
+        return call
+
+    def replace(layer):
+        if id(layer) in replacements:
+            return replacements[id(layer)]
+        kind = plan.kind.get(id(layer))
+        if kind == "norm":
+            new = lambda inputs, **kwargs: inputs  # noqa: E731 (folded into the layer before)
+        elif kind == "kernel":
+            norm = plan.folded_into.get(id(layer))
+            fold = None
+            if norm is not None:
+                config = norm.get_config()
+                fold = {key: config[key] for key in ("momentum", "epsilon", "center", "scale")}
+            new = KERNEL_LAYERS[type(layer)].from_config({
+                **layer.get_config(), "start": start, "freeze": freeze, "fold": fold,
+                "quantize_output": not plan.fused_relu_after(layer),
+            })
+            pairs.append((layer, new, norm))
+        else:
+            new = _copy(layer)
+            pairs.append((layer, new, None))
+            if kind == "ranged" and not (type(layer) is keras.layers.Add and plan.fused_relu_after(layer)):
+                new = ranged(new, layer.name)
+        replacements[id(layer)] = new
+        return new
+
+    inputs = [
+        keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history.operation.name)
+        for x in functional.inputs
+    ]
+    fed = []
+    for original, new in zip(functional.inputs, inputs):
+        consumers = plan.graph.consumers.get(id(original._keras_history.operation), [])
+        float_input = "float" in str(new.dtype)
+        fed.append(
+            ActivationQuantizer(start=start, freeze=freeze, name=f"{original._keras_history.operation.name}_quant")(new)
+            if float_input and any(plan.quantized(layer) for layer in consumers) else new
+        )
+    outputs = functional._run_through_graph(fed, operation_fn=replace)
+    qat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
+    for old, new, norm in pairs:
+        _carry_weights(old, new, norm)
+    return qat
+
+
+def _carry_weights(old, new, norm):
+    """Copies `old`'s weights (and the folded BatchNorm's) into its quantization-aware twin `new`."""
+    if not isinstance(new, QuantizedKernel):
+        new.set_weights(old.get_weights())
+        return
+    new.kernel.assign(old.kernel.numpy())
+    if old.use_bias:
+        new.bias.assign(old.bias.numpy())
+    if norm is not None:
+        channels = new.bn_moving_mean.shape[0]
+        new.bn_gamma.assign(norm.gamma.numpy() if norm.scale else np.ones(channels, "float32"))
+        new.bn_beta.assign(norm.beta.numpy() if norm.center else np.zeros(channels, "float32"))
+        new.bn_moving_mean.assign(norm.moving_mean.numpy())
+        new.bn_moving_variance.assign(norm.moving_variance.numpy())
+
+
+def is_quantization_aware(model):
+    """True when a Keras 3 `model` holds tfcompress quantization-aware layers (its int8 export needs no calibration)."""
+    return bool(quantization_layers(model))
+
+
+def float_twin_keras3(model):
+    """A copy of a Keras 3 QAT `model` that never fake-quantizes: the FP32 reference for its int8 file.
+
+    The phase is a cond on a variable, which the converter folds: with the
+    start out of reach, the converted file is the float model (BatchNorm folded).
+    """
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    for layer in quantization_layers(twin):
+        layer.qat_start.assign(NEVER)
+    return twin
+
+
+def quantization_layers(model):
+    """Every Keras 3 quantization-aware layer in `model` (tfcompress's), nested models included."""
+    return [part for part in scheduled_parts(model) if isinstance(part, QUANTIZATION_LAYERS)]
+
+
+def qat_phase(parts):
+    """The `qat_phase` log value (0 float, 1 fake-quant, 2 frozen) of a fit's scheduled parts, or None."""
+    phases = [part.phase for part in parts if isinstance(part, QUANTIZATION_LAYERS)]
+    return max(phases) if phases else None

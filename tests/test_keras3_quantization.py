@@ -1,0 +1,225 @@
+"""Keras 3 quantization-aware training: tfc.quantize on `import keras` models, and their fully int8 export.
+
+Real Keras 3 models on scikit-learn's digits, the real TFLite converter and
+LiteRT. The JAX backend runs in a fresh interpreter (a process has one backend).
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import tfcompress as tfc
+import tflite_export
+from fresh_process import run
+from litert_helpers import int8_kernels
+from tfcompress.demo import load_digits
+from tfcompress.quantization.keras3_layers import ActivationQuantizer, QuantConv2D, QuantDense, QuantDepthwiseConv2D
+
+
+@pytest.fixture(scope="module")
+def data():
+    (x, y), (x_test, y_test) = load_digits()
+    return x, y, x_test, y_test
+
+
+def cnn(seed=0):
+    """Conv + BatchNorm + ReLU, DepthwiseConv + BatchNorm + ReLU6, pooling, Dense: a MobileNet-style digits net."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="conv_bn")(x)
+    x = keras.layers.ReLU(name="conv_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="depthwise_bn")(x)
+    x = keras.layers.ReLU(6.0, name="depthwise_relu")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="dense")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+def compiled(model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(5e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def litert_tensors(content):
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    return interpreter.get_tensor_details()
+
+
+@pytest.fixture(scope="module")
+def resumed(data, tmp_path_factory):
+    """Pruned + QAT digits CNN: one epoch, saved to `.keras`, loaded, and trained on with `initial_epoch=1`."""
+    x, y, _, _ = data
+    qat = compiled(tfc.quantize(tfc.prune(cnn(), 0.5, end=0.5), start=0.25, freeze=0.75))
+    first = tfc.CompressionCallback(verbose=0)
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[first])
+    path = tmp_path_factory.mktemp("qat") / "mid.keras"
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    # The ranges travel in the file: each layer saves its own.
+    for layer in qat.layers:
+        if isinstance(layer, ActivationQuantizer):
+            saved = [float(v.numpy()) for v in (layer.output_range.min, layer.output_range.max)]
+            assert saved[1] > 0 and saved == [float(v.numpy()) for v in (
+                loaded.get_layer(layer.name).output_range.min, loaded.get_layer(layer.name).output_range.max)]
+    second = tfc.CompressionCallback(verbose=0)
+    loaded.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=0, callbacks=[second])
+    return qat, loaded, first, second
+
+
+def test_the_rewrite_folds_batchnorm_and_keeps_the_float_model_until_start(data):
+    _, _, x_test, _ = data
+    model = cnn()
+    qat = tfc.quantize(model, start=10)
+    kinds = {layer.name: type(layer) for layer in qat.layers}
+    assert kinds["conv"] is QuantConv2D and kinds["depthwise"] is QuantDepthwiseConv2D
+    assert kinds["dense"] is QuantDense and kinds["logits"] is QuantDense
+    assert "conv_bn" not in kinds and "depthwise_bn" not in kinds  # folded into the convolutions
+    assert kinds["image_quant"] is ActivationQuantizer and kinds["conv_relu_quant"] is ActivationQuantizer
+    assert not qat.get_layer("conv").quantize_output  # the ReLU after it quantizes (TFLite fuses it)
+    # Step 0 < start: the float model's outputs, BatchNorm folded.
+    np.testing.assert_allclose(qat(x_test), model(x_test), atol=1e-4)
+
+
+def test_resumed_fit_follows_the_schedule_and_keeps_the_zeros(resumed):
+    qat, loaded, first, second = resumed
+    steps = 2 * 22
+    entry = next(e for e in second.plan if e["compression"] == "quantization")
+    assert (entry["start_step"], entry["freeze_step"], entry["total_steps"]) == (round(0.25 * steps), round(0.75 * steps), steps)
+    assert {"conv", "depthwise", "dense", "logits", "image_quant"} <= set(entry["layers"])
+    for layer in loaded.layers:
+        if hasattr(layer, "qat_step"):
+            assert float(layer.qat_step.numpy()) == steps, layer.name  # counted on from the saved step
+            assert layer.phase == 2, layer.name
+    # Ranges were saved and frozen: the ReLU6 range lies inside [0, 6].
+    relu6 = loaded.get_layer("depthwise_relu_quant")
+    assert 0.0 == float(relu6.output_range.min.numpy()) < float(relu6.output_range.max.numpy()) <= 6.0
+    for name in ("conv", "dense", "logits"):
+        kernel = loaded.get_layer(name).kernel.numpy()
+        assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01), name
+
+
+def test_int8_export_is_fully_integer_keeps_zeros_and_matches_keras(resumed, data, tmp_path):
+    _, loaded, _, _ = resumed
+    _, _, x_test, y_test = data
+    result = tflite_export.export(loaded, tmp_path / "qat.tflite", precision="int8",
+                                  validation_data=(x_test, y_test), latency_runs=0, sparse=False)
+    assert result.quantization_aware and result.calibration_samples == 0
+    content = (tmp_path / "qat.tflite").read_bytes()
+    tensors = litert_tensors(content)
+    io = {d["name"] for d in Interpreter(model_content=content).get_input_details()}
+    io |= {d["name"] for d in Interpreter(model_content=content).get_output_details()}
+    floats = [t["name"] for t in tensors if t["dtype"] == np.float32 and t["name"] not in io]
+    assert floats == []  # every activation and weight int8 (float IO only)
+    verification = result.verification
+    assert verification.keras_accuracy > 0.85
+    assert abs(verification.accuracy_drop) <= 0.005
+    (dense,) = [k for k in int8_kernels(content) if k.shape == (32, 256)]
+    assert np.mean(dense == 0) == pytest.approx(0.5, abs=0.01)  # the pruned zeros, int8 zeros on LiteRT
+
+
+def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):
+    _, loaded, _, _ = resumed
+    _, _, x_test, _ = data
+    final = tfc.strip(loaded)
+    assert "PruningMask" not in final.to_json()
+    assert isinstance(final.get_layer("conv"), QuantConv2D)
+    np.testing.assert_allclose(final(x_test), loaded(x_test), atol=1e-5)
+
+
+def test_clustered_dense_keeps_its_values_in_int8(data, tmp_path):
+    x, y, x_test, y_test = data
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inputs)
+    h = keras.layers.Dense(64, activation="relu", name="hidden")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = compiled(tfc.quantize(tfc.cluster(model, clusters=8, begin=0.0), start=0.5))
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "clustered.tflite", precision="int8", latency_runs=0)
+    kernels = int8_kernels((tmp_path / "clustered.tflite").read_bytes())
+    assert result.quantization_aware and len(kernels) == 2
+    for kernel in kernels:
+        assert len(np.unique(kernel)) <= 8
+
+
+def test_layers_qat_cannot_rewrite_are_listed_at_once_and_float_keeps_them(data):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(16, activation="gelu", name="gelu_dense")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    with pytest.raises(ValueError, match=r"LayerNormalization \('norm'.*Dense \('gelu_dense'.*layers=lambda l"):
+        tfc.quantize(model)
+    kept = tfc.quantize(model, unsupported="float")
+    assert type(kept.get_layer("norm")) is keras.layers.LayerNormalization
+    assert type(kept.get_layer("gelu_dense")) is keras.layers.Dense
+    only_conv = tfc.quantize(model, layers=["conv"])
+    assert isinstance(only_conv.get_layer("conv"), QuantConv2D) and type(only_conv.get_layer("logits")) is keras.layers.Dense
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.dense(keras.ops.reshape(x, (-1, 64)))
+
+    subclassed = Subclassed()
+    subclassed(data[0][:1])
+    with pytest.raises(TypeError, match="subclassed.*functional.*tfc.prune"):
+        tfc.quantize(subclassed)
+    with pytest.raises(RuntimeError, match="CompressionCallback"):
+        compiled(tfc.quantize(model, layers=["conv"])).fit(data[0][:64], data[1][:64], epochs=1, verbose=0)
+
+
+JAX_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, TESTS_DIR)
+os.environ["KERAS_BACKEND"] = "jax"
+import keras, numpy as np
+import tfcompress as tfc, tflite_export
+from tfcompress.demo import load_digits
+(x, y), (xt, yt) = load_digits()
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 1))
+h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+h = keras.layers.BatchNormalization(momentum=0.9)(h)
+h = keras.layers.ReLU()(h)
+h = keras.layers.Flatten()(h)
+model = keras.Model(inputs, keras.layers.Dense(10)(h))
+qat = tfc.quantize(tfc.prune(model, 0.5, end=0.5), start=0.5)
+qat.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+qat.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+result = tflite_export.export(qat, OUT, precision="int8", validation_data=(xt, yt), latency_runs=0, sparse=False)
+dense = qat.layers[-1]
+print("RESULT " + json.dumps({
+    "backend": keras.backend.backend(),
+    "steps": [float(layer.qat_step.numpy()) for layer in qat.layers if hasattr(layer, "qat_step")],
+    "sparsity": float(np.mean(dense.kernel.numpy() == 0)),
+    "keras": result.verification.keras_accuracy, "litert": result.verification.tflite_accuracy,
+}))
+"""
+
+
+def test_jax_backend_trains_qat_and_exports_through_a_tensorflow_reload(tmp_path):
+    out = tmp_path / "jax.tflite"
+    found = run(JAX_SCRIPT, OUT=repr(str(out)))
+    assert found["backend"] == "jax"
+    assert found["steps"] and all(step == 2 * 22 for step in found["steps"])
+    assert found["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert found["keras"] > 0.8 and abs(found["litert"] - found["keras"]) <= 0.005
+    floats = [t["name"] for t in litert_tensors(out.read_bytes()) if t["dtype"] == np.float32]
+    assert len(floats) == 2  # the float input and output only

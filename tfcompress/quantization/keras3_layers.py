@@ -1,0 +1,423 @@
+"""Keras 3 quantization-aware layers: fake quant in `keras.ops`, phases driven by `CompressionCallback`.
+
+`keras.quantizers.fake_quant_with_min_max_vars` lowers to TensorFlow's
+`FakeQuantWithMinMaxVars[PerChannel]` on the TF backend, which the TFLite
+converter turns into int8 tensors with these ranges: the converted file is
+fully int8 without representative data. The layers here put it where the
+converter needs it:
+
+* `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantDepthwiseConv2D` are the
+  Keras layers with a fake-quantized kernel (per output channel for
+  convolutions, per tensor for Dense: per-channel Dense does not convert), a
+  BatchNormalization that followed them folded in (its statistics and scale
+  are the layer's own variables), and a fake quant on their output.
+* `ActivationQuantizer` fake-quantizes a tensor with a learned range: the
+  model's float inputs and the outputs of weightless layers (ReLU, Add,
+  average pooling).
+
+Activation ranges follow an exponential moving average of each batch's
+min / max (including 0, which int8 must represent). Every layer saves its
+ranges and phase as its own variables, so a `.keras` file carries them.
+
+Phases: each layer counts its training steps in a variable of its own, so the
+phase is computed inside the compiled step on every backend (JAX's jitted
+step never sees a variable assigned between its steps). Before `start` the
+layer computes what the float layer computes, while ranges already learn;
+from `start` it fake-quantizes; from `freeze` ranges and BatchNorm statistics
+stop moving.
+"""
+
+import keras
+from keras import ops
+
+from tfcompress.scheduling import (
+    Scheduled,
+    is_fraction,
+    missing_callback,
+    resolve_point,
+    tracing_for_saving,
+    unknown_length,
+    validate_point,
+)
+
+MISSING_CALLBACK = missing_callback(
+    "quantization-aware layers (Keras 3), whose phases (float, fake-quant, frozen) are scheduled"
+)
+# A freeze step no fit reaches (float32 holds it exactly).
+NEVER = 2.0**30
+# Activations a TFLite kernel fuses into the op before them: one fake quant after them suffices.
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+# Activations with an int8 TFLite kernel of their own, quantized before and after.
+OWN_ACTIVATIONS = ("softmax", "sigmoid", "tanh")
+RANGE_DECAY = 0.99
+
+
+def activation_name(activation):
+    """The registered name of a Keras 3 activation function (`"relu"`), or None for a custom one."""
+    try:
+        name = keras.activations.serialize(activation)
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
+
+
+class QuantizationPhases(Scheduled):
+    """The phase variables and schedule every layer here shares."""
+
+    def _init_phases(self, start, freeze):
+        self.start = validate_point(start, "start")
+        self.freeze = None if freeze is None else validate_point(freeze, "freeze")
+        self._start_step = None
+        self._next_step = None
+        self.phase = 0
+
+    def _build_phases(self):
+        def scalar(name, value):
+            return self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False
+            )
+
+        self.qat_step = scalar("qat_step", 0.0)
+        # Step points (ints) are known now; fractions become steps when fit starts.
+        self.qat_start = scalar("qat_start", 0.0 if is_fraction(self.start) else float(self.start))
+        freeze = NEVER if self.freeze is None or is_fraction(self.freeze) else float(self.freeze)
+        self.qat_freeze = scalar("qat_freeze", freeze)
+
+    def resolve_schedule(self, total_steps):
+        if total_steps is None and any(is_fraction(p) for p in (self.start, self.freeze) if p is not None):
+            raise unknown_length("quantization", "give tfc.quantize absolute step numbers for `start` and `freeze`")
+        start = resolve_point(self.start, total_steps)
+        freeze = None if self.freeze is None else resolve_point(self.freeze, total_steps)
+        if freeze is not None and freeze < start:
+            raise ValueError(
+                f"Quantization freezes at step {freeze}, before it starts at step {start}; "
+                "`freeze` must not come before `start`."
+            )
+        self._start_step = start
+        self._freeze_step = freeze
+        self._next_step = None
+        self.qat_start.assign(float(start))
+        self.qat_freeze.assign(NEVER if freeze is None else float(freeze))
+        frozen = "" if freeze is None else f", ranges and BatchNorm frozen from step {freeze}"
+        of = f" of {total_steps}" if total_steps else ""
+        return [
+            {
+                "compression": "quantization",
+                "layers": [self.name],
+                "start_step": start,
+                "freeze_step": freeze,
+                "total_steps": total_steps,
+                "description": f"tfcompress: quantization-aware training (int8): float until step {start}{of}, "
+                f"fake-quant from step {start}{frozen}",
+            }
+        ]
+
+    def on_schedule_step(self, step):
+        # The step counter moves inside the compiled step; set it only where it could differ (a fit's start).
+        if self._next_step != step:
+            self.qat_step.assign(float(step))
+        self._next_step = step + 1
+        # The `qat_phase` log: 0 float, 1 fake-quant, 2 fake-quant with frozen ranges.
+        frozen = self._freeze_step is not None and step >= self._freeze_step
+        self.phase = 2 if frozen else int(step >= self._start_step)
+
+    def _phases(self, training):
+        """`(on, frozen)` boolean tensors for this call; a training call counts one step."""
+        if training and self._start_step is None and not tracing_for_saving():
+            raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
+        step = ops.convert_to_tensor(self.qat_step)
+        on = ops.greater_equal(step, ops.convert_to_tensor(self.qat_start))
+        frozen = ops.greater_equal(step, ops.convert_to_tensor(self.qat_freeze))
+        if training:
+            self.qat_step.assign(step + 1.0)
+        return on, frozen
+
+    def _phase_config(self):
+        return {"start": self.start, "freeze": self.freeze}
+
+
+class ActivationRange:
+    """A learned `[min, max]` range for one tensor, owned by `layer` (variables named `prefix_min/max`)."""
+
+    def __init__(self, layer, prefix):
+        self.min = layer.add_weight(name=f"{prefix}_min", shape=(), initializer="zeros", trainable=False)
+        self.max = layer.add_weight(name=f"{prefix}_max", shape=(), initializer="zeros", trainable=False)
+        self.seen = layer.add_weight(name=f"{prefix}_seen", shape=(), initializer="zeros", trainable=False)
+
+    def __call__(self, x, on, frozen, training):
+        """`x` fake-quantized from `on`; in training the range follows the batch until `frozen`."""
+        if training:
+            # JAX's ops take arrays, not variables: read each once.
+            low, high = ops.convert_to_tensor(self.min), ops.convert_to_tensor(self.max)
+            batch_min = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
+            batch_max = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
+            seen = ops.greater(ops.convert_to_tensor(self.seen), 0.0)
+            new_min = ops.where(seen, low * RANGE_DECAY + batch_min * (1 - RANGE_DECAY), batch_min)
+            new_max = ops.where(seen, high * RANGE_DECAY + batch_max * (1 - RANGE_DECAY), batch_max)
+            self.min.assign(ops.where(frozen, low, new_min))
+            self.max.assign(ops.where(frozen, high, new_max))
+            self.seen.assign(1.0)
+        low, high = self.min, self.max
+        return _when(on, lambda t: keras.quantizers.fake_quant_with_min_max_vars(t, low, high, num_bits=8), x)
+
+
+def _when(on, quantize, x):
+    """`quantize(x)` when `on`, else `x`: a cond, which the TFLite converter folds once `on` is a constant.
+
+    (A `where` would keep both branches, and the converter could not place the kernel's quantized axis.)
+    """
+    return ops.cond(on, lambda: quantize(x), lambda: x)
+
+
+def fake_quant_weights(w, axis):
+    """Symmetric 8-bit fake quant of a kernel (narrow range, so int8 zero is exact), per `axis` or per tensor."""
+    if axis is None:
+        bound = ops.maximum(ops.max(ops.abs(w)), 1e-8)
+        return keras.quantizers.fake_quant_with_min_max_vars(w, -bound, bound, num_bits=8, narrow_range=True)
+    bound = ops.maximum(ops.max(ops.abs(w), axis=tuple(range(len(w.shape) - 1))), 1e-8)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        w, -bound, bound, num_bits=8, narrow_range=True, axis=-1
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class ActivationQuantizer(QuantizationPhases, keras.layers.Layer):
+    """Fake-quantizes its input with a learned 8-bit range (a model input, a ReLU's or an Add's output).
+
+    Arguments:
+        start: when fake quantization starts (see `tfc.quantize`).
+        freeze: when the range stops moving, or None.
+    """
+
+    def __init__(self, start=0.0, freeze=None, **kwargs):
+        super().__init__(**kwargs)
+        self._init_phases(start, freeze)
+
+    def build(self, input_shape):
+        self._build_phases()
+        self.output_range = ActivationRange(self, "output")
+        self.built = True
+
+    def call(self, inputs, training=None):
+        on, frozen = self._phases(training)
+        return self.output_range(inputs, on, frozen, training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), **self._phase_config()}
+
+
+class QuantizedKernel(QuantizationPhases):
+    """What the kernel layers share: fake-quantized kernel, folded BatchNorm, quantized output.
+
+    Subclasses give `_core(inputs, kernel)` (the layer's op without bias or
+    activation) and `_channel_shape` (the kernel's output channels as a
+    broadcastable shape).
+
+    Arguments (on top of the Keras layer's own):
+        start, freeze: the phases (see `tfc.quantize`).
+        fold: the config of the BatchNormalization folded in (momentum,
+            epsilon, center, scale), or None.
+        quantize_output: False when a ReLU layer after this one quantizes
+            (TFLite fuses the ReLU into this op).
+    """
+
+    per_channel = True
+
+    def _init_quantization(self, start, freeze, fold, quantize_output):
+        self._init_phases(start, freeze)
+        self.fold = dict(fold) if fold else None
+        self.quantize_output = quantize_output
+
+    def _build_quantization(self):
+        self._build_phases()
+        name = activation_name(self.activation)
+        self._fused = name in FUSED_ACTIVATIONS
+        if not self._fused:
+            self.pre_activation_range = ActivationRange(self, "pre_activation")
+        if self.quantize_output:
+            self.output_range = ActivationRange(self, "output")
+        if self.fold:
+            channels = self._channels()
+            for weight, initializer, trainable in (
+                ("bn_gamma", "ones", self.fold["scale"]), ("bn_beta", "zeros", self.fold["center"]),
+                ("bn_moving_mean", "zeros", False), ("bn_moving_variance", "ones", False),
+            ):
+                setattr(self, weight, self.add_weight(
+                    name=weight, shape=(channels,), initializer=initializer, trainable=trainable,
+                ))
+
+    def _quantized_call(self, inputs, training):
+        training = bool(training)
+        on, frozen = self._phases(training)
+        kernel = ops.convert_to_tensor(self.kernel)
+        bias = ops.convert_to_tensor(self.bias) if self.use_bias else None
+        if self.fold:
+            outputs = self._folded(inputs, kernel, bias, on, frozen, training)
+        else:
+            kernel = _when(on, self._fake_quant, kernel)
+            outputs = self._core(inputs, kernel)
+            if bias is not None:
+                outputs = outputs + bias
+        if not self._fused:
+            outputs = self.pre_activation_range(outputs, on, frozen, training)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        if self.quantize_output:
+            outputs = self.output_range(outputs, on, frozen, training)
+        return outputs
+
+    def _folded(self, inputs, kernel, bias, on, frozen, training):
+        """Conv + BatchNorm as one op, with the BatchNorm scale in the (fake-quantized) kernel.
+
+        In training the kernel is scaled by the moving deviation (stable int8
+        weights) and the output corrected to the batch's until `freeze`, so
+        before `start` this is exactly Conv + BatchNorm in training mode.
+        """
+        epsilon = self.fold["epsilon"]
+        mean, variance = ops.convert_to_tensor(self.bn_moving_mean), ops.convert_to_tensor(self.bn_moving_variance)
+        if training:
+            raw = self._core(inputs, kernel)
+            if bias is not None:
+                raw = raw + bias
+            axes = tuple(range(len(raw.shape) - 1))
+            batch_mean, batch_variance = ops.moments(raw, axes=axes)
+            momentum = self.fold["momentum"]
+            stop_mean, stop_variance = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_variance)
+            self.bn_moving_mean.assign(
+                ops.where(frozen, mean, mean * momentum + stop_mean * (1 - momentum)))
+            self.bn_moving_variance.assign(
+                ops.where(frozen, variance, variance * momentum + stop_variance * (1 - momentum)))
+            mean = ops.where(frozen, mean, batch_mean)
+            variance = ops.where(frozen, variance, batch_variance)
+        moving_deviation = ops.sqrt(ops.convert_to_tensor(self.bn_moving_variance) + epsilon)
+        deviation = ops.sqrt(variance + epsilon)
+        gamma = ops.convert_to_tensor(self.bn_gamma)
+        folded = kernel * ops.reshape(gamma / moving_deviation, self._channel_shape())
+        folded = _when(on, self._fake_quant, folded)
+        outputs = self._core(inputs, folded)
+        if training:
+            outputs = outputs * (moving_deviation / deviation)
+        shift = -mean if bias is None else bias - mean
+        return outputs + (ops.convert_to_tensor(self.bn_beta) + gamma * shift / deviation)
+
+    def _fake_quant(self, kernel):
+        return fake_quant_weights(kernel, -1 if self.per_channel else None)
+
+    # Dense and Conv save only their kernel and bias: save every variable (ranges, phase, BatchNorm).
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def _channels(self):
+        return int(self.kernel.shape[-1])
+
+    def _channel_shape(self):
+        return (self._channels(),)
+
+    def get_config(self):
+        return {
+            **super().get_config(), **self._phase_config(), "fold": self.fold, "quantize_output": self.quantize_output,
+        }
+
+
+def _channels_last_only(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise ValueError(
+            f"tfc.quantize takes channels_last layers; {layer.name!r} is channels_first. Build the model "
+            "with data_format='channels_last' (what TFLite runs)."
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantDense(QuantizedKernel, keras.layers.Dense):
+    """`keras.layers.Dense` with quantization-aware training; the kernel is quantized per tensor."""
+
+    per_channel = False
+
+    def __init__(self, *args, start=0.0, freeze=None, fold=None, quantize_output=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantization(start, freeze, fold, quantize_output)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantization()
+
+    def _core(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
+
+    def call(self, inputs, training=None):
+        return self._quantized_call(inputs, training)
+
+
+class _QuantConv(QuantizedKernel):
+    def __init__(self, *args, start=0.0, freeze=None, fold=None, quantize_output=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantization(start, freeze, fold, quantize_output)
+        _channels_last_only(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantization()
+
+    def call(self, inputs, training=None):
+        return self._quantized_call(inputs, training)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantConv2D(_QuantConv, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with quantization-aware training (kernel per output channel)."""
+
+    def _core(self, inputs, kernel):
+        return self.convolution_op(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantConv1D(_QuantConv, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` with quantization-aware training (kernel per output channel)."""
+
+    def _core(self, inputs, kernel):
+        padding = self.padding
+        if padding == "causal":
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        return ops.conv(
+            inputs, kernel, strides=list(self.strides), padding=padding,
+            dilation_rate=self.dilation_rate, data_format=self.data_format,
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantDepthwiseConv2D(_QuantConv, keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with quantization-aware training (kernel per output channel)."""
+
+    def _core(self, inputs, kernel):
+        return ops.depthwise_conv(
+            inputs, kernel, strides=self.strides, padding=self.padding,
+            dilation_rate=self.dilation_rate, data_format=self.data_format,
+        )
+
+    def _channels(self):
+        return int(self.kernel.shape[-2] * self.kernel.shape[-1])
+
+    def _channel_shape(self):
+        return tuple(self.kernel.shape[-2:])
+
+    def _fake_quant(self, kernel):
+        # TFLite's depthwise output channel is (input channel, multiplier) flattened: quantize along it.
+        shape = tuple(kernel.shape)
+        flat = ops.reshape(kernel, shape[:-2] + (shape[-2] * shape[-1],))
+        return ops.reshape(fake_quant_weights(flat, -1), shape)
+
+
+KERNEL_LAYERS = {
+    keras.layers.Dense: QuantDense,
+    keras.layers.Conv1D: QuantConv1D,
+    keras.layers.Conv2D: QuantConv2D,
+    keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
+}
+QUANTIZATION_LAYERS = (ActivationQuantizer, QuantizedKernel)
