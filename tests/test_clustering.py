@@ -8,6 +8,7 @@ from litert_helpers import int8_flatbuffer, int8_kernels
 import tfcompress as tfc
 from tfcompress.clustering import cluster
 from tfcompress.quantization import quantize
+from tfcompress._keras import keras
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,18 @@ def test_errors_name_the_fix(mlp):
     # Keras 3 models cluster with constraints (tests/test_keras3.py), once built.
     with pytest.raises(ValueError, match="not built"):
         cluster(keras3.Sequential([keras3.layers.Dense(4)]))
+
+
+def test_strip_after_cluster_preserving_qat_when_a_cluster_emptied(digits):
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(inputs)))
+    values = np.array([-0.2, -0.1, 0.0, 0.1, 0.2], "float32")
+    kernel = model.get_layer("logits").kernel
+    kernel.assign(np.random.default_rng(0).choice(values, kernel.shape))
+    qat = quantize(model, preserve="clusters+sparsity")
+    # What a QAT fit can do: every weight of one cluster moves to another, so the kernel holds one value less.
+    trained_kernel = next(weight for weight, _, _ in qat.get_layer("quant_logits")._weight_vars)
+    trained_kernel.assign(np.where(trained_kernel.numpy() == -0.2, -0.1, trained_kernel.numpy()))
+    final = tfc.strip(qat)
+    x_test = digits[2]
+    np.testing.assert_allclose(final.predict(x_test, verbose=0), qat.predict(x_test, verbose=0), atol=1e-5)

@@ -5,6 +5,7 @@ import copy
 from absl import logging
 from tfcompress._tfmot import (
     tfmot,
+    cluster_preserve_quantize_registry,
     cluster_wrapper,
     pruning_wrapper,
     quantize_aware_activation,
@@ -32,6 +33,32 @@ def _apply_clusters(wrapper, layer):
     variables = {weight_name(v): v for v in layer.weights}
     for name, values in wrapper.shared_values().items():
         variables[name].assign(values)
+
+
+# Variables of tfmot's cluster-preserving quantizer, which builds them from the kernel it wraps.
+_CLUSTER_PRESERVE_VARIABLES = (
+    cluster_preserve_quantize_registry.CLUSTER_CENTROIDS,
+    cluster_preserve_quantize_registry.PULLING_INDICES,
+    cluster_preserve_quantize_registry.ORIGINAL_WEIGHTS,
+)
+
+
+class _WeightsWithout:
+    """A layer's name and weights without the named ones, for `copy_weights_by_name`."""
+
+    def __init__(self, layer, names):
+        self.name = layer.name
+        self.weights = [v for v in layer.weights if weight_name(v) not in names]
+
+
+def _copy_weights(old, new):
+    """By name, but a cluster-preserving quantizer keeps the centroids it built from the trained kernel.
+
+    A cluster that lost all its weights during QAT is gone from the kernel,
+    so the rebuilt quantizer has fewer centroids than the trained one; in
+    inference it reads only the kernel and its range.
+    """
+    copy_weights_by_name(_WeightsWithout(old, _CLUSTER_PRESERVE_VARIABLES), new, fresh=_CLUSTER_PRESERVE_VARIABLES)
 
 
 def strip_quantization(model):
@@ -80,7 +107,7 @@ def strip_quantization(model):
         return new
 
     with tfmot.quantization.keras.quantize_scope():
-        stripped = clone_with_weights(model, plain, copy=copy_weights_by_name)
+        stripped = clone_with_weights(model, plain, copy=_copy_weights)
     for wrapper, layer in clustered:
         _apply_clusters(wrapper, layer)
     return stripped
