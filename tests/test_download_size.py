@@ -36,6 +36,8 @@ def test_summary_prices_kept_weights_and_their_positions_apart(pruned_90):
     # Trained float32 values barely deflate; a 10%-dense bitmap costs a few bits per kept weight.
     assert 26 < row.bits_per_nonzero <= 33 and 2 < row.index_bits_per_nonzero < 8
     assert "bits/nonzero" in str(info) and json.dumps(info.as_dict())
+    # Few distinct values left after pruning is not clustering (logits keeps 128 of 1,280 weights).
+    assert [row.clusters for row in info.rows] == [0, 0, 0]
 
 
 def test_export_uses_the_sparse_encoding_only_when_smaller_after_gzip_and_it_runs(pruned_90, digits, tmp_path):

@@ -35,6 +35,7 @@ def test_scan_measures_each_prunable_layer_and_restores_weights(mlp_scan, digits
     assert len(lines) == 1 + len(result.layers) and lines[2].startswith("[2/3] hidden2 (Dense, 16,384 weights)")
     data = json.loads(result.to_json())
     assert data["layers"][2]["scores"] == result["logits"].scores
+    assert tfc.SensitivityResult.from_dict(data) == result
     figure = result.plot()
     assert len(figure.axes[0].lines) == len(result.layers) + 1
 

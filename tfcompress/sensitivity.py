@@ -309,6 +309,20 @@ class SensitivityResult:
         """Returns the result as a JSON string (keyword arguments go to `json.dumps`)."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    @classmethod
+    def from_dict(cls, data):
+        """The result `to_dict()` gave (a scan saved as JSON), to plot or to derive targets again.
+
+        Example:
+
+        ```python
+        result = tfc.SensitivityResult.from_dict(json.load(open("scan.json")))
+        targets = result.layer_sparsity(target=0.9)
+        ```
+        """
+        fields = {name: data[name] for name in ("metric", "higher_is_better", "baseline", "sparsities", "samples", "seconds")}
+        return cls(layers=[LayerSensitivity(**row) for row in data["layers"]], **fields)
+
     def plot(self, ax=None):
         """Draws one curve per layer (metric against sparsity) and the baseline; returns the figure.
 

@@ -180,7 +180,7 @@ def _leaf_layers(model):
     return [layer for layer in walk(model, into_wrappers=False) if not isinstance(layer, keras.Model)]
 
 
-# A float kernel with at most this many distinct values (and a quarter of its size) is clustered.
+# A float kernel with at most this many distinct nonzero values (and a quarter of its nonzero count) is clustered.
 _MAX_CLUSTERS = 256
 
 
@@ -188,7 +188,10 @@ def _summarize(name, layer_type, arrays):
     kernels = [a for a in arrays if a.ndim >= 2] or arrays
     float_kernels = [k for k in kernels if k.dtype.kind == "f" and k.ndim >= 2]
     shared = [np.unique(k).size for k in float_kernels]
-    clustered = bool(shared) and all(n <= min(_MAX_CLUSTERS, k.size // 4) for n, k in zip(shared, float_kernels))
+    # Among the nonzero weights: a pruned kernel has few distinct values only because it has few weights left.
+    clustered = bool(shared) and all(
+        np.unique(k[k != 0]).size <= min(_MAX_CLUSTERS, np.count_nonzero(k) // 4) for k in float_kernels
+    )
     params = sum(a.size for a in arrays)
     raw = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
     kept = sum(np.count_nonzero(k) for k in kernels)
