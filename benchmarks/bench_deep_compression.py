@@ -1,0 +1,233 @@
+"""Deep Compression benchmark: prune, share weights, quantize, on digits, measured on LiteRT.
+
+    python benchmarks/bench_deep_compression.py [--models mlp,lenet5] [--epochs 60] [--finetune_epochs 40]
+
+Models (Han et al., ICLR 2016, Table 1, scaled to 8x8 digits): an MLP in the
+LeNet-300-100 shape (64-300-100-10) and a LeNet-5-style CNN (conv 20@5x5,
+pool, conv 50@5x5, pool, dense 500, dense 10). Rows per model: the float
+model (FP32 .tflite); each stage alone (pruning and clustering exported as
+FP32, QAT as INT8); the three-fit pipeline (prune, strip, sparsity-preserving
+clustering, strip, cluster- and sparsity-preserving QAT, strip); the one-fit
+pipeline `tfc.quantize(tfc.cluster(tfc.prune(m, s, end=0.5), N, begin=0.5),
+start=0.8)` with the same target in every layer, and with per-layer targets
+from `tfc.sensitivity` at the same overall sparsity. Every compressed row is
+fine-tuned for the same number of epochs in total and exported with
+`tflite_export.export` (its sparse-encoding choice as the export makes it),
+then verified on LiteRT. The factor is the FP32 .tflite's bytes over the
+row's gzip bytes (what a download carries). Prints a markdown table, writes
+benchmarks/results/deep_compression.json and a plot of accuracy against size.
+"""
+
+import os
+import pathlib
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfcompress as tfc  # noqa: E402
+import tflite_export  # noqa: E402
+from _common import run_record, write_json  # noqa: E402
+from tfcompress._keras import keras  # noqa: E402
+from tfcompress.demo import load_digits  # noqa: E402
+
+flags.DEFINE_list("models", ["mlp", "lenet5"], "Models to compress: mlp, lenet5.")
+flags.DEFINE_integer("epochs", 60, "Float training epochs.")
+flags.DEFINE_integer("finetune_epochs", 40, "Fine-tuning epochs of every compressed row (split 50/30/20 in the three-fit one).")
+flags.DEFINE_float("sparsity", 0.96, "Overall kernel sparsity of the pruned rows.")
+flags.DEFINE_integer("clusters", 16, "Shared values per kernel, zero included.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam's rate at the start of every fit (cosine decay to 1% of it).")
+flags.DEFINE_string("output", "benchmarks/results/deep_compression.json", "JSON output path.")
+flags.DEFINE_string("plot", "benchmarks/results/deep_compression.png", "Accuracy-against-size plot path.")
+FLAGS = flags.FLAGS
+
+BATCH = 32
+
+
+def mlp():
+    """LeNet-300-100 on 8x8 digits: 64-300-100-10."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(300, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(100, activation="relu", name="fc2")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="fc3")(x), name="lenet_300_100")
+
+
+def lenet5():
+    """LeNet-5 as Han et al. size it (20 and 50 filters of 5x5, 500 hidden), on 8x8 digits."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(20, 5, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(50, 5, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool2")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(500, activation="relu", name="fc1")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="fc2")(x), name="lenet5")
+
+
+MODELS = {"mlp": mlp, "lenet5": lenet5}
+
+
+def compiled(model, epochs, steps_per_epoch):
+    """`model` compiled with Adam on a cosine-decaying rate over a fit of `epochs`."""
+    rate = keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, epochs * steps_per_epoch, alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.Adam(rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit(model, data, epochs):
+    """Compiles and trains `model` with `tfc.CompressionCallback`; returns `(model, wall seconds)`."""
+    x, y = data
+    steps = -(-len(x) // BATCH)
+    compiled(model, epochs, steps)
+    start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    return model, time.perf_counter() - start
+
+
+def three_fits(float_model, data, epochs, layer_sparsity):
+    """tfmot's documented path: prune, strip, cluster keeping zeros, strip, QAT keeping both, strip."""
+    split = [max(1, round(epochs * share)) for share in (0.5, 0.3)]
+    split.append(max(1, epochs - sum(split)))
+    pruned, first = fit(tfc.prune(float_model, FLAGS.sparsity, end=0.8, layer_sparsity=layer_sparsity), data, split[0])
+    clustered, second = fit(tfc.cluster(tfc.strip(pruned), FLAGS.clusters, preserve_sparsity=True), data, split[1])
+    qat, third = fit(tfc.quantize(tfc.strip(clustered), preserve="clusters+sparsity"), data, split[2])
+    return tfc.strip(qat), first + second + third
+
+
+def one_fit(float_model, data, epochs, layer_sparsity):
+    """The same three phases in one fit, driven by tfc.CompressionCallback."""
+    model = tfc.quantize(
+        tfc.cluster(
+            tfc.prune(float_model, FLAGS.sparsity, end=0.5, layer_sparsity=layer_sparsity),
+            FLAGS.clusters, begin=0.5,
+        ),
+        start=0.8,
+    )
+    model, seconds = fit(model, data, epochs)
+    return tfc.strip(model), seconds
+
+
+def copy_of(model):
+    """A fresh copy of the trained float model: each row starts from the same weights."""
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def run_model(name, train, validation, test, directory):
+    """Every row for one model: `[row dicts]`."""
+    x, y = train
+    float_model, float_seconds = fit(MODELS[name](), train, FLAGS.epochs)
+    epochs = FLAGS.finetune_epochs
+    rows = []
+
+    def export(model, label, precision, seconds, **extra):
+        result = tflite_export.export(
+            model, directory / f"{name}_{len(rows)}.tflite", precision=precision,
+            representative_data=x[:256] if precision == "int8" else None,
+            validation_data=test, latency_runs=0,
+        )
+        report = result.report
+        row = {
+            "model": name, "row": label, "precision": precision,
+            "litert_accuracy": result.verification.tflite_accuracy,
+            "bytes": report.bytes, "gzip_bytes": report.gzip_bytes,
+            "fully_integer": report.fully_integer, "sparse_encoding": result.sparse_encoding,
+            "kernel_sparsity": tflite_export.weight_sparsity(model) if precision == "fp32" else
+            1.0 - report.nonzero_weights / max(report.weights, 1),
+            "fit_seconds": round(seconds, 1), **extra,
+        }
+        rows.append(row)
+        print(f"  {label}: {row['litert_accuracy']:.4f} LiteRT, {row['gzip_bytes']:,} gzip bytes", flush=True)
+        return row
+
+    print(f"{name}: float model trained in {float_seconds:.0f} s", flush=True)
+    export(float_model, "float", "fp32", float_seconds)
+    pruned, seconds = fit(tfc.prune(copy_of(float_model), FLAGS.sparsity, end=0.5), train, epochs)
+    export(tfc.strip(pruned), f"prune {FLAGS.sparsity:.0%} alone", "fp32", seconds)
+    clustered, seconds = fit(tfc.cluster(copy_of(float_model), FLAGS.clusters), train, epochs)
+    export(tfc.strip(clustered), f"cluster {FLAGS.clusters} alone", "fp32", seconds)
+    qat, seconds = fit(tfc.quantize(copy_of(float_model)), train, epochs)
+    export(tfc.strip(qat), "QAT int8 alone", "int8", seconds)
+    final, seconds = three_fits(copy_of(float_model), train, epochs, None)
+    export(final, "three fits (prune, cluster, QAT), uniform", "int8", seconds)
+    final, seconds = one_fit(copy_of(float_model), train, epochs, None)
+    export(final, "one fit, uniform", "int8", seconds)
+    scan = tfc.sensitivity(float_model, validation, metric="loss", print_fn=None)
+    targets = scan.layer_sparsity(target=FLAGS.sparsity)
+    final, seconds = one_fit(copy_of(float_model), train, epochs, targets)
+    export(final, "one fit, sensitivity-guided", "int8", seconds, layer_sparsity=targets)
+    reference = rows[0]["bytes"]
+    for row in rows:
+        row["factor"] = round(reference / row["gzip_bytes"], 1)
+        row["accuracy_change_pt"] = round(100 * (row["litert_accuracy"] - rows[0]["litert_accuracy"]), 2)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 5))
+    for name, marker in zip(FLAGS.models, "os^"):
+        mine = [row for row in rows if row["model"] == name]
+        ax.scatter([r["gzip_bytes"] for r in mine], [100 * r["litert_accuracy"] for r in mine], marker=marker, label=name)
+        for row in mine:
+            ax.annotate(row["row"].split(" (")[0], (row["gzip_bytes"], 100 * row["litert_accuracy"]),
+                        fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("gzip bytes of the .tflite (log)")
+    ax.set_ylabel("LiteRT test accuracy (%)")
+    ax.set_title("Deep Compression on digits: accuracy against download size")
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.models) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models takes {', '.join(MODELS)}; got {', '.join(unknown)}.")
+    (x, y), test = load_digits()
+    # The sensitivity scan looks at a held-out slice of the training set, never at the test set.
+    train, validation = (x, y), (x[-300:], y[-300:])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in FLAGS.models:
+            rows += run_model(name, train, validation, test, pathlib.Path(tmp))
+    print(
+        f"\nDeep Compression on digits (1,400 train / 397 test), {FLAGS.sparsity:.0%} sparsity, "
+        f"{FLAGS.clusters} values per kernel, {FLAGS.finetune_epochs} fine-tuning epochs per row\n"
+    )
+    print("| model | row | LiteRT acc | change (pt) | bytes | gzip bytes | factor vs FP32 | sparsity | fit s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['row']} | {row['litert_accuracy']:.4f} | {row['accuracy_change_pt']:+.2f} | "
+            f"{row['bytes']:,} | {row['gzip_bytes']:,} | {row['factor']:.1f}x | {row['kernel_sparsity']:.1%} | "
+            f"{row['fit_seconds']:.1f} |"
+        )
+    record = run_record(
+        "deep_compression", epochs=FLAGS.epochs, finetune_epochs=FLAGS.finetune_epochs, sparsity=FLAGS.sparsity,
+        clusters=FLAGS.clusters, learning_rate=FLAGS.learning_rate, rows=rows,
+    )
+    write_json(FLAGS.output, record)
+    plot(rows, FLAGS.plot)
+
+
+if __name__ == "__main__":
+    app.run(main)
