@@ -1,30 +1,40 @@
-"""`Distiller`: trains a student on labels and a frozen teacher's outputs inside `fit`."""
+"""`Distiller`: trains a student on labels and a frozen teacher's outputs inside `fit`.
 
-import time
+One public class for both Keras generations: `tfc.Distiller(teacher=..., student=...)`
+is this tf_keras `Model` for tf_keras models and a `Keras3Distiller` (`keras3.py`)
+for Keras 3 models; `generation` decides, and a mixed pair is an error naming the fix.
+"""
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from tfcompress._keras import check_model, keras
+from tfcompress._keras import KERAS3, TF_KERAS, check_model, generation, keras
 from tfcompress._layers import walk
 from tfcompress.distillation import teacher_cache
-from tfcompress.distillation.losses import (
-    FINAL_OUTPUT,
-    DistillationLoss,
-    FeatureDistillation,
-    LogitsDistillation,
-    at_least_float32,
+from tfcompress.distillation.common import (
+    DistillerSetup,
+    as_loss_list,
+    check_cache_mode,
+    check_student_loss,
+    feature_layers,
+    loss_weights,
+    resolve_alpha,
+    resolve_temperature,
+    unwrapped,
 )
-from tfcompress.scheduling import Scheduled, check_value, is_scheduled, missing_callback, unknown_length
-
-DEFAULT_TEMPERATURE = 3.0
-DEFAULT_ALPHA = 0.5
-_CACHE_MODES = ("auto", True, False)
-_PREDICT_BATCH = 1024
+from tfcompress.distillation.keras3 import Keras3Distiller
+from tfcompress.distillation.losses import FINAL_OUTPUT, LogitsDistillation, at_least_float32
+from tfcompress.scheduling import Scheduled, is_scheduled
 
 
-class Distiller(keras.Model, Scheduled):
+class _OneDistiller(type):
+    """`isinstance(d, tfc.Distiller)` holds for the Keras 3 Distiller too: users see one class."""
+
+    def __instancecheck__(cls, instance):
+        return type.__instancecheck__(cls, instance) or (cls is Distiller and isinstance(instance, Keras3Distiller))
+
+
+class Distiller(keras.Model, Scheduled, DistillerSetup, metaclass=_OneDistiller):
     """A tf_keras model whose `fit` trains `student` to imitate a frozen `teacher`.
 
     Each training step minimizes
@@ -41,7 +51,13 @@ class Distiller(keras.Model, Scheduled):
     `training=False`, BatchNormalization included. `evaluate`, `predict` and the
     validation metrics are the student's; `distiller.student` is the trained
     student. The API mirrors Keras 3's `keras.distillation.Distiller`
-    (`alpha` is its `student_loss_weight`), for tf_keras models.
+    (`alpha` is its `student_loss_weight`).
+
+    Keras 3 teacher and student (`import keras`, TensorFlow or JAX backend)
+    get a `tfc.distillation.Keras3Distiller`, a Keras 3 `Model` with the same
+    arguments and behaviour (`isinstance(d, tfc.Distiller)` holds for it). A
+    tf_keras teacher with a Keras 3 student, or the reverse, is an error
+    naming the fix.
 
     Temperature, `alpha` and the loss weights may be a
     `tfc.distillation.LinearSchedule` over the fit, driven by
@@ -100,6 +116,14 @@ class Distiller(keras.Model, Scheduled):
     ```
     """
 
+    def __new__(cls, *args, **kwargs):
+        teacher = args[0] if args else kwargs.get("teacher")
+        student = args[1] if len(args) > 1 else kwargs.get("student")
+        if cls is Distiller and teacher is not None and student is not None:
+            if models_generation(teacher, student) == KERAS3:
+                return Keras3Distiller(*args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(
         self,
         teacher,
@@ -116,15 +140,13 @@ class Distiller(keras.Model, Scheduled):
     ):
         super().__init__(name=name, **kwargs)
         _check_models(teacher, student)
-        if teacher_cache not in _CACHE_MODES:
-            raise ValueError(f"`teacher_cache` must be 'auto', True or False; got {teacher_cache!r}.")
-        self.teacher_cache = teacher_cache
-        losses = _as_loss_list(distillation_losses)
-        weights = _loss_weights(distillation_loss_weights, losses)
-        alpha = _resolve_alpha(alpha, student_loss_weight)
-        temperature = _resolve_temperature(temperature, losses)
+        self.teacher_cache = check_cache_mode(teacher_cache)
+        losses = as_loss_list(distillation_losses)
+        weights = loss_weights(distillation_loss_weights, losses)
+        alpha = resolve_alpha(alpha, student_loss_weight)
+        temperature = resolve_temperature(temperature, losses)
 
-        teacher_layers, student_layers = _feature_layers(teacher, student, losses)
+        teacher_layers, student_layers = feature_layers(teacher, student, losses)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
@@ -187,15 +209,7 @@ class Distiller(keras.Model, Scheduled):
             metrics: metrics of the student's predictions against `y`.
             **kwargs: passed to `Model.compile`.
         """
-        alpha = self.alpha
-        alpha_max = alpha.bounds()[1] if is_scheduled(alpha) else alpha
-        if loss is None and alpha_max > 0:
-            raise ValueError(
-                "Distiller.compile needs `loss=`: the student's loss on the labels (e.g. "
-                "keras.losses.SparseCategoricalCrossentropy(from_logits=True)), weighted by "
-                f"`alpha` (here {alpha!r}). For pure distillation without labels, build the "
-                "Distiller with alpha=0.0."
-            )
+        check_student_loss(self.alpha, loss)
         object.__setattr__(self, "_has_student_loss", loss is not None)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         # tf_keras wraps it only when the Distiller's own policy is mixed_float16; what counts is the student's.
@@ -318,30 +332,8 @@ class Distiller(keras.Model, Scheduled):
         Returns:
             One plan entry describing the distillation.
         """
-        parts = []
-        for key, (value, variable) in self._values.items():
-            if is_scheduled(value):
-                if value.needs_fit_length and total_steps is None:
-                    raise unknown_length(
-                        f"the Distiller's `{key}`",
-                        "give the LinearSchedule absolute step numbers (ints) for `begin` and `end`",
-                    )
-                begin, end = value.resolve(total_steps)
-                parts.append(f"{key} {value.initial_value:g} -> {value.final_value:g} over steps {begin}-{end}")
-            elif key in ("temperature", "alpha"):
-                parts.append(f"{key} {value:g}")
         self._last_values.clear()
-        names = ", ".join(_loss_label(loss) for loss in self.distillation_losses)
-        total = f" of {total_steps}" if total_steps else ""
-        return [
-            {
-                "compression": "distillation",
-                "losses": [loss.name for loss in self.distillation_losses],
-                "total_steps": total_steps,
-                "description": f"tfcompress: distilling {self.teacher.name} into {self.student.name} "
-                f"({names}); {', '.join(parts)}{total and ' (fit' + total + ' steps)'}",
-            }
-        ]
+        return self._distillation_plan(total_steps)
 
     def on_schedule_step(self, step):
         """Assigns every scheduled value for optimizer `step` (only when it changed)."""
@@ -399,128 +391,6 @@ class Distiller(keras.Model, Scheduled):
                 self.compiled_loss.build(y_pred)
             if not self.compiled_metrics.built:
                 self.compiled_metrics.build(y_pred, y_true)
-
-    def _check_callback(self, callbacks):
-        from tfcompress.callbacks import CompressionCallback
-
-        scheduled = [key for key, (value, _) in self._values.items() if is_scheduled(value)]
-        if scheduled and not any(isinstance(cb, CompressionCallback) for cb in callbacks or []):
-            raise ValueError(missing_callback(f"Distiller values that follow a schedule ({', '.join(scheduled)})"))
-
-    def _report(self, verbose, message):
-        if verbose:
-            print(f"tfcompress: {message}")
-
-    def _with_teacher_outputs(self, x, verbose, batch_size):
-        if teacher_cache.is_packed(x):
-            self.teacher_cache_used = True
-            return x
-        if isinstance(x, tf.data.Dataset) and teacher_cache.dataset_is_packed(x):
-            self.teacher_cache_used = True
-            self._report(verbose, "teacher outputs cached: they come with the dataset (cache_teacher_outputs).")
-            return x
-        if self.teacher_cache is False:
-            self.teacher_cache_used = False
-            self._report(verbose, "teacher runs on every batch (teacher_cache=False).")
-            return x
-        if not teacher_cache.array_inputs(x):
-            if teacher_cache.is_stream(x):
-                reason = (
-                    f"the inputs are {teacher_cache.describe_inputs(x)}, which may be shuffled or "
-                    "augmented differently on every pass"
-                )
-                fix = (
-                    "If the data is not augmented, build the dataset with "
-                    "distiller.cache_teacher_outputs(unbatched_dataset) before shuffle() and batch(), "
-                    "or pass numpy arrays."
-                )
-            else:
-                reason = f"the cache takes numpy arrays or tensors, and the inputs are {teacher_cache.describe_inputs(x)}"
-                fix = "Pass np.asarray(x) to use it."
-            if self.teacher_cache is True:
-                raise ValueError(f"Distiller(teacher_cache=True) cannot cache teacher outputs: {reason}. {fix}")
-            self.teacher_cache_used = False
-            self._report(verbose, f"teacher outputs not cached, the teacher runs on every batch: {reason}. {fix}")
-            return x
-        count = teacher_cache.num_examples(x)
-        shapes = [tuple(t.shape) for t in self._teacher_output_tensors()]
-        size = teacher_cache.cache_bytes(count, shapes)
-        if size > teacher_cache.MAX_CACHE_BYTES:
-            message = (
-                f"teacher outputs not cached: they would take {teacher_cache.format_bytes(size)} for "
-                f"{count} examples (limit {teacher_cache.format_bytes(teacher_cache.MAX_CACHE_BYTES)}); "
-                "the teacher runs on every batch. Distill fewer or smaller feature layers to cache them."
-            )
-            if self.teacher_cache is True:
-                raise ValueError(f"Distiller(teacher_cache=True): {message}")
-            self.teacher_cache_used = False
-            self._report(verbose, message)
-            return x
-        start = time.perf_counter()
-        outputs = self._predict_teacher(x, batch_size)
-        self.teacher_cache_used = True
-        self._report(
-            verbose,
-            f"teacher outputs cached: {count} examples, {len(outputs)} tensor(s), "
-            f"{teacher_cache.format_bytes(size)}, computed once in {time.perf_counter() - start:.1f} s; "
-            "they are shuffled together with their inputs.",
-        )
-        return teacher_cache.pack(x, outputs)
-
-    def _teacher_output_tensors(self):
-        if self._teacher_extractor is not None:
-            return list(self._teacher_extractor.outputs)
-        return list(self.teacher.outputs)
-
-    def _predict_teacher(self, x, batch_size=None):
-        """Teacher outputs (final and feature layers) as float32 numpy arrays."""
-        batch_size = max(batch_size or 0, _PREDICT_BATCH)
-        if isinstance(x, tf.data.Dataset):
-            if self._teacher_extractor is not None:
-                outputs = self._teacher_extractor.predict(x, verbose=0)
-            else:
-                outputs = {FINAL_OUTPUT: self.teacher.predict(x, verbose=0)}
-            return {key: np.asarray(value, dtype=np.float32) for key, value in outputs.items()}
-        # Eager calls on large chunks: no predict loop to build, a fraction of a short fit saved.
-        chunks = []
-        for start in range(0, teacher_cache.num_examples(x), batch_size):
-            chunk = tf.nest.map_structure(lambda a: a[start : start + batch_size], x)
-            chunks.append({k: v.numpy() for k, v in self._teacher_features(chunk).items()})
-        return {key: np.concatenate([c[key] for c in chunks]).astype(np.float32) for key in chunks[0]}
-
-    def cache_teacher_outputs(self, dataset, batch_size=_PREDICT_BATCH):
-        """Computes the teacher's outputs for an unaugmented dataset once.
-
-        Returns a dataset whose elements carry the teacher's outputs beside
-        their inputs; shuffle, batch and pass it to `fit`, which then never
-        runs the teacher. Call it *before* `shuffle()` and augmentation: the
-        given dataset must yield the same examples in the same order on every
-        pass (checked on its first elements).
-
-        Arguments:
-            dataset: an unbatched `tf.data.Dataset` of `(x, y)`, `(x, y, w)` or
-                `x` elements.
-            batch_size: batch size of the one teacher pass.
-
-        Returns:
-            An unbatched `tf.data.Dataset` with the same element layout.
-
-        Example:
-
-        ```python
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = distiller.cache_teacher_outputs(ds).shuffle(1000).batch(32)
-        distiller.fit(ds, epochs=5)
-        ```
-        """
-        if not isinstance(dataset, tf.data.Dataset):
-            raise TypeError(
-                f"cache_teacher_outputs takes a tf.data.Dataset; got {type(dataset).__name__}. "
-                "Numpy arrays passed to fit() are cached automatically."
-            )
-        teacher_cache.check_repeatable(dataset)
-        outputs = self._predict_teacher(teacher_cache.dataset_inputs(dataset).batch(batch_size))
-        return teacher_cache.packed_dataset(dataset, outputs)
 
     def save(self, filepath, overwrite=True, save_format=None, **kwargs):
         """Saves the student (what `predict` runs), not the Distiller.
@@ -589,12 +459,28 @@ def _computes_in_float16(model):
     return any(layer.compute_dtype == "float16" for layer in walk(model))
 
 
-def _loss_label(loss):
-    if isinstance(loss, LogitsDistillation):
-        return f"logits {loss.loss}"
-    if loss.teacher_layer_name is None:
-        return "features of the final output"
-    return f"features {loss.teacher_layer_name} -> {loss.student_layer_name}"
+_GENERATION_NAMES = {TF_KERAS: "tf_keras (Keras 2)", KERAS3: "Keras 3"}
+
+
+def models_generation(teacher, student):
+    """The Keras generation of a teacher and student pair; a mixed pair raises a TypeError naming the fix.
+
+    Returns:
+        `TF_KERAS` or `KERAS3`.
+    """
+    kinds = {role: generation(model, f"tfc.Distiller ({role})") for role, model in
+             (("teacher", teacher), ("student", student))}
+    if kinds["teacher"] == kinds["student"]:
+        return kinds["teacher"]
+    old = "teacher" if kinds["teacher"] == TF_KERAS else "student"
+    new = "student" if old == "teacher" else "teacher"
+    raise TypeError(
+        f"tfc.Distiller got a {_GENERATION_NAMES[kinds['teacher']]} teacher and a "
+        f"{_GENERATION_NAMES[kinds['student']]} student; both must come from one Keras. To distill in "
+        f"Keras 3, rebuild the {old} with `import keras` (the same layers in the same order) and copy "
+        f"its weights over: `rebuilt.set_weights({old}.get_weights())`. To stay on tf_keras, build "
+        f"the {new} with `import tf_keras as keras`."
+    )
 
 
 def _check_models(teacher, student):
@@ -623,131 +509,11 @@ def _check_models(teacher, student):
 
 
 def _ends_in_softmax(model):
-    inner = _unwrapped(model.layers[-1])
+    inner = unwrapped(model.layers[-1])
     if isinstance(inner, keras.layers.Softmax):
         return True
     activation = getattr(inner, "activation", None)
     return activation is keras.activations.softmax
-
-
-def _as_loss_list(distillation_losses):
-    if distillation_losses is None:
-        return [LogitsDistillation()]
-    losses = list(distillation_losses) if isinstance(distillation_losses, (list, tuple)) else [distillation_losses]
-    if not losses:
-        raise ValueError("`distillation_losses` is empty; pass None for the default LogitsDistillation().")
-    for loss in losses:
-        if not isinstance(loss, DistillationLoss):
-            hint = ""
-            if type(loss).__module__.startswith("keras"):
-                hint = " (this is a Keras 3 keras.distillation loss; use tfc.distillation's of the same name)"
-            raise TypeError(
-                "`distillation_losses` takes tfc.distillation.LogitsDistillation / FeatureDistillation "
-                f"objects; got {loss!r}{hint}."
-            )
-    if sum(isinstance(loss, LogitsDistillation) for loss in losses) > 1:
-        raise ValueError("Give at most one LogitsDistillation: the models have one output.")
-    names = [loss.name for loss in losses]
-    for i, loss in enumerate(losses):
-        if names.count(loss.name) > 1:
-            loss.name = f"{loss.name}_{i}"
-    return losses
-
-
-def _loss_weights(weights, losses):
-    if weights is None:
-        return [1.0] * len(losses)
-    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-    if len(weights) != len(losses):
-        raise ValueError(
-            f"`distillation_loss_weights` has {len(weights)} weight(s) for {len(losses)} distillation "
-            "loss(es): give one weight per loss, in the same order."
-        )
-    return [check_value(w, "distillation_loss_weights", low=0.0) for w in weights]
-
-
-def _resolve_alpha(alpha, student_loss_weight):
-    if alpha is not None and student_loss_weight is not None:
-        raise ValueError(
-            "Give `alpha` or `student_loss_weight` (Keras 3's name for the same weight), not both."
-        )
-    value = alpha if alpha is not None else student_loss_weight
-    if value is None:
-        value = DEFAULT_ALPHA
-    return check_value(
-        value, "alpha", low=0.0, high=1.0,
-        fix="It is the weight of the hard-label loss; (1 - alpha) weighs the distillation losses.",
-    )
-
-
-def _resolve_temperature(temperature, losses):
-    fix = "A typical temperature is 2 to 8 (1 leaves the softmax unchanged)."
-    logits = [loss for loss in losses if isinstance(loss, LogitsDistillation)]
-    own = logits[0].temperature if logits else None
-    if temperature is not None and own is not None and temperature != own:
-        raise ValueError(
-            f"Temperature given twice: Distiller(temperature={temperature!r}) and "
-            f"LogitsDistillation(temperature={own!r}). Set it in one place."
-        )
-    value = temperature if temperature is not None else own
-    if value is None:
-        value = DEFAULT_TEMPERATURE
-    return check_value(value, "temperature", low=0.0, low_inclusive=False, fix=fix)
-
-
-def _unwrapped(layer):
-    # tfc.prune / tfc.quantize wrap a layer (QAT around pruning: twice) and rename it.
-    while isinstance(getattr(layer, "layer", None), keras.layers.Layer):
-        layer = layer.layer
-    return layer
-
-
-def _find_layer(model, name, role, argument):
-    for layer in model.layers:
-        if layer.name == name or _unwrapped(layer).name == name:
-            return layer
-    names = [_unwrapped(layer).name for layer in model.layers]
-    raise ValueError(
-        f"FeatureDistillation: the {role} ({model.name}) has no layer named {name!r}. Its layers "
-        f"are {names}; pass one of them as `{argument}=`."
-    )
-
-
-def _feature_layers(teacher, student, losses):
-    teacher_layers, student_layers = {}, {}
-    for loss in losses:
-        if not isinstance(loss, FeatureDistillation):
-            continue
-        if loss.teacher_layer_name is not None:
-            teacher_layers[loss.teacher_layer_name] = _find_layer(
-                teacher, loss.teacher_layer_name, "teacher", "teacher_layer_name"
-            )
-        if loss.student_layer_name is not None:
-            student_layers[loss.student_layer_name] = _find_layer(
-                student, loss.student_layer_name, "student", "student_layer_name"
-            )
-        teacher_shape = _output_shape(teacher, teacher_layers.get(loss.teacher_layer_name))
-        student_shape = _output_shape(student, student_layers.get(loss.student_layer_name))
-        if len(teacher_shape) != len(student_shape) or teacher_shape[:-1] != student_shape[:-1]:
-            raise ValueError(
-                f"FeatureDistillation {loss.teacher_layer_name!r} -> {loss.student_layer_name!r}: feature "
-                f"shapes {teacher_shape} (teacher) and {student_shape} (student) differ beyond the "
-                "channel axis; only the width can differ (a projection maps it). Pick layers with the "
-                "same spatial size."
-            )
-        loss._needs_projection = loss.needs_projection(teacher_shape[-1], student_shape[-1])
-        if not loss._needs_projection and teacher_shape != student_shape:
-            raise ValueError(
-                f"FeatureDistillation {loss.teacher_layer_name!r}: widths differ ({teacher_shape[-1]} vs "
-                f"{student_shape[-1]}) and projection=False. Use projection='auto'."
-            )
-        loss._shapes = (teacher_shape, student_shape)
-    return teacher_layers, student_layers
-
-
-def _output_shape(model, layer):
-    tensor = model.outputs[0] if layer is None else layer.output
-    return tuple(tensor.shape[1:])
 
 
 def _projections(losses):
