@@ -52,6 +52,7 @@ def test_every_notebook_is_collected():
         "03_quantization.ipynb",
         "04_distillation.ipynb",
         "05_android.ipynb",
+        "06_make_it_faster.ipynb",
     ]
     assert SOURCES == [name.replace(".ipynb", ".py") for name in NOTEBOOKS], "every notebook has one .py source"
 
@@ -224,6 +225,11 @@ CHECKS = {
         r"fit with the teacher cache: [\d.]+ s .*teacher on every batch: [\d.]+ s",
     ],
     "05_android.ipynb": [rf"app-style accuracy on 397 test digits: {ACCURACY}"],
+    "06_make_it_faster.ipynb": [
+        r"channel_sparsity",
+        r"FP32 latency: dense [\d.]+ ms -> pruned [\d.]+ ms \(\d+\.\dx faster\)",
+        rf"pruned \+ QAT INT8: [\d,]+ B \(dense FP32 [\d,]+ B\), LiteRT accuracy {ACCURACY}, fully integer: True",
+    ],
 }
 
 
