@@ -30,6 +30,7 @@ from _common import run_record, write_json  # noqa: E402
 flags.DEFINE_list("models", list(zoo.MODELS), "Matrix rows to run.")
 flags.DEFINE_list("columns", list(zoo.COLUMNS), "Matrix columns to run.")
 flags.DEFINE_string("output", "benchmarks/results/zoo.json", "JSON output path.")
+flags.DEFINE_integer("steps", zoo.TRAIN_STEPS, "Training steps (batches of 32) per cell; the tests use 4.")
 FLAGS = flags.FLAGS
 
 
@@ -38,6 +39,7 @@ def main(argv):
     unknown = sorted(set(FLAGS.models) - set(zoo.MODELS)) + sorted(set(FLAGS.columns) - set(zoo.COLUMNS))
     if unknown:
         raise app.UsageError(f"unknown rows/columns {unknown}; rows: {list(zoo.MODELS)}, columns: {list(zoo.COLUMNS)}")
+    zoo.TRAIN_STEPS = FLAGS.steps
     cells = []
     total = len(FLAGS.models) * len(FLAGS.columns)
     for name in FLAGS.models:
@@ -46,14 +48,14 @@ def main(argv):
             cells.append(cell)
             status = cell.short() if cell.works else cell.error[:160]
             print(f"[{len(cells)}/{total}] {name} / {column}: {status} ({cell.seconds:.1f} s)", flush=True)
+            # Written after every cell: a long run stopped halfway keeps what it measured.
+            write_json(FLAGS.output, run_record("zoo", cells=[vars(c) for c in cells], steps=FLAGS.steps))
     print()
     print("| model | " + " | ".join(FLAGS.columns) + " |")
     print("|---|" + "---|" * len(FLAGS.columns))
     for name in FLAGS.models:
         row = [c for c in cells if c.model == name]
         print(f"| {name} | " + " | ".join(c.short() if c.works else "error" for c in row) + " |")
-    record = run_record("zoo", cells=[vars(c) for c in cells])
-    write_json(FLAGS.output, record)
 
 
 if __name__ == "__main__":

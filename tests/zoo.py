@@ -27,6 +27,10 @@ CLASSES = 10
 VOCABULARY = 200
 SEQUENCE = 24
 
+# Training steps (batches of 32) each cell gives its model; benchmarks/bench_zoo.py --steps raises it,
+# since a few steps leave an applications net answering near-constant logits.
+TRAIN_STEPS = 4
+
 COLUMNS = (
     "prune", "quantize", "prune+quantize", "cluster", "distill",
     "fp32", "fp16", "dynamic", "int8", "edgetpu",
@@ -192,6 +196,8 @@ def _compile(model):
 def _fit(model, data, epochs=1, batch_size=32, steps=None):
     x, y = data[0], data[1]
     if steps:
+        # More steps than one pass holds: several epochs over the training set.
+        epochs = max(epochs, -(-steps * batch_size // len(x)))
         x, y = x[: steps * batch_size], y[: steps * batch_size]
     _compile(model).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
                         callbacks=[tfc.CompressionCallback(verbose=0)])
@@ -268,21 +274,21 @@ def _run(name, column, model, data, directory):
     fresh = model is None
     model = build(name) if fresh else model
     if column == "prune":
-        pruned = _fit(tfc.prune(model, final_sparsity=0.5, end=0.5), data, steps=4)
+        pruned = _fit(tfc.prune(model, final_sparsity=0.5, end=0.5), data, steps=TRAIN_STEPS)
         return {"sparsity": _pruned_kernel_sparsity(pruned)}
     if column == "quantize":
-        qat = _fit(tfc.quantize(model), data, steps=4)
+        qat = _fit(tfc.quantize(model), data, steps=TRAIN_STEPS)
         return export_figures(tfc.strip(qat), "int8", data, directory)
     if column == "prune+quantize":
-        both = _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=4)
+        both = _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=TRAIN_STEPS)
         figures = {"sparsity": _pruned_kernel_sparsity(both)}
         figures.update(export_figures(tfc.strip(both), "int8", data, directory))
         return figures
     if column == "cluster":
-        clustered = _fit(tfc.cluster(model, 16), data, steps=4)
+        clustered = _fit(tfc.cluster(model, 16), data, steps=TRAIN_STEPS)
         return {"clusters": _max_values_per_kernel(clustered)}
     if column == "distill":
-        teacher = model if not fresh else _fit(build(name, seed=1), data, steps=4)
+        teacher = model if not fresh else _fit(build(name, seed=1), data, steps=TRAIN_STEPS)
         student = build(name, seed=2)
         distiller = tfc.Distiller(teacher=teacher, student=student, temperature=4.0)
         distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -294,5 +300,5 @@ def _run(name, column, model, data, directory):
             raise FloatingPointError(f"distillation loss is {loss}")
         return {"loss": loss}
     if fresh:
-        _fit(model, data, steps=4)
+        _fit(model, data, steps=TRAIN_STEPS)
     return export_figures(model, column, data, directory)
