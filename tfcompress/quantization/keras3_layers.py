@@ -378,7 +378,13 @@ class QuantConv2D(_QuantConv, keras.layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class QuantConv1D(_QuantConv, keras.layers.Conv1D):
-    """`keras.layers.Conv1D` with quantization-aware training (kernel per output channel)."""
+    """`keras.layers.Conv1D` with quantization-aware training; the kernel is quantized per tensor.
+
+    TensorFlow runs a 1-D convolution as a 2-D one on an expanded kernel, which moves a
+    per-channel axis and the converter then refuses it.
+    """
+
+    per_channel = False
 
     def _core(self, inputs, kernel):
         padding = self.padding
