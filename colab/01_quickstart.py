@@ -21,9 +21,10 @@
 # full-INT8 TFLite, verified on the LiteRT interpreter, and compared with the float teacher. Data:
 # scikit-learn's digits (nothing is downloaded), or MNIST if you flip `USE_MNIST` in Colab.
 #
-# **Why `tf_keras`:** tfcompress is built on the TensorFlow Model Optimization toolkit (tfmot),
-# which wraps only Keras 2 models, and Colab's `import keras` is Keras 3, so every model here is
-# built with `import tf_keras as keras` (Keras 2, installed with tfcompress).
+# Models here are **Keras 3**, what `import keras` gives since TensorFlow 2.16 (and in Colab).
+# tfcompress compresses them with kernel constraints and quantization-aware layers of its own;
+# the same calls take tf_keras (Keras 2) models, where tfcompress builds on the TensorFlow Model
+# Optimization toolkit's wrappers: `08_tf_keras_quickstart` is this notebook for tf_keras.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -56,7 +57,7 @@ print("fast mode" if FAST else "full mode")
 # %%
 import matplotlib.pyplot as plt
 import tensorflow as tf
-import tf_keras as keras  # Keras 2: the generation tfmot works with
+import keras  # Keras 3
 
 import tfcompress as tfc
 import tflite_export as tfe
@@ -146,8 +147,8 @@ history = distiller.fit(x_train, y_train, epochs=STUDENT_EPOCHS, batch_size=64, 
 # %% [markdown]
 # ## Strip and summarize
 #
-# `tfc.strip` leaves a plain tf_keras model (tfmot's quantization layers carry the learned ranges);
-# `tfc.summary` shows what compression did.
+# `tfc.strip` removes the pruning constraints and keeps the quantization-aware layers, which carry
+# the learned ranges; `tfc.summary` shows what compression did.
 
 # %%
 final = compile_model(tfc.strip(distiller.student))
@@ -187,4 +188,6 @@ print(
 # %% [markdown]
 # Next: `02_pruning` (schedules, 2:4, per-layer targets), `03_quantization` (PTQ vs QAT, Edge TPU),
 # `04_distillation` (student size, feature losses, the teacher cache), `05_android` (metadata,
-# LiteRT as an app runs it).
+# LiteRT as an app runs it), `06_make_it_faster` (channel pruning), `07_deep_compression` (prune,
+# cluster and quantize in one fit). Those build tf_keras models; `08_tf_keras_quickstart` is this
+# notebook for tf_keras.

@@ -53,6 +53,7 @@ def test_every_notebook_is_collected():
         "04_distillation.ipynb",
         "05_android.ipynb",
         "06_make_it_faster.ipynb",
+        "08_tf_keras_quickstart.ipynb",
     ]
     assert SOURCES == [name.replace(".ipynb", ".py") for name in NOTEBOOKS], "every notebook has one .py source"
 
@@ -199,6 +200,10 @@ def images_in(notebook):
 ACCURACY = r"(0\.\d{3}|1\.000)"
 CHECKS = {
     "01_quickstart.ipynb": [
+        rf"Test accuracy on LiteRT: teacher FP32 {ACCURACY}, student INT8 {ACCURACY}",
+        r"Size \(gzip\): teacher FP32 [\d,]+ B -> student INT8 [\d,]+ B \(\d+\.\dx smaller\); student kernels \d+% zeros",
+    ],
+    "08_tf_keras_quickstart.ipynb": [
         rf"Test accuracy on LiteRT: teacher FP32 {ACCURACY}, student INT8 {ACCURACY}",
         r"Size \(gzip\): teacher FP32 [\d,]+ B -> student INT8 [\d,]+ B \(\d+\.\dx smaller\); student kernels \d+% zeros",
     ],
