@@ -17,6 +17,7 @@ from scipy.special import log_softmax, softmax
 
 import tfcompress as tfc
 from fresh_process import run
+from test_keras3 import compiled
 from tfcompress.demo import load_digits
 from tfcompress.distillation import FeatureDistillation, Keras3Distiller, LinearSchedule, LogitsDistillation
 from tfcompress.pruning.constraints import PruningMask
@@ -37,15 +38,6 @@ def mlp(seed=0, width=64):
     h = keras.layers.Dense(width, activation="relu", name="hidden1")(h)
     h = keras.layers.Dense(width, activation="relu", name="hidden2")(h)
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-
-
-def compiled(model, learning_rate=3e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def logits(model, x):
@@ -212,6 +204,8 @@ def test_mixed_generations_name_the_fix(teacher):
 _JAX_SCRIPT = """
 import json, os, sys
 os.environ["KERAS_BACKEND"] = "jax"
+# One XLA thread: a model this small gains nothing from more, and the suite shares two cores.
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 sys.path.insert(0, TESTS_DIR)
 import numpy as np
 import keras

@@ -169,6 +169,65 @@ def output_shape(model, layer):
     return tuple(tensor.shape[1:])
 
 
+def check_outputs(teacher, student, ends_in_softmax):
+    """Raises naming the fix unless both models output one tensor of logits of the same shape.
+
+    A subclassed Keras 3 model has no symbolic outputs: its checks wait for the first step.
+
+    Arguments:
+        teacher, student: the models.
+        ends_in_softmax: `model -> bool` for that Keras's layers.
+    """
+    graph = [(role, model) for role, model in (("teacher", teacher), ("student", student))
+             if getattr(model, "outputs", None) is not None]
+    for role, model in graph:
+        if len(model.outputs) != 1:
+            raise ValueError(
+                f"tfc.Distiller distills models with one output; the {role} has {len(model.outputs)}. "
+                "Build a model that returns only the logits to distill."
+            )
+        if ends_in_softmax(model):
+            raise ValueError(
+                f"The {role} ({model.name}) ends in a softmax, but distillation softens logits with "
+                "the temperature. Remove the softmax (activation=None on the last layer) and use "
+                "a loss with from_logits=True."
+            )
+    if len(graph) < 2:
+        return
+    teacher_shape, student_shape = output_shape(teacher, None), output_shape(student, None)
+    if teacher_shape != student_shape:
+        raise ValueError(
+            f"Teacher and student output shapes differ: teacher {teacher_shape}, student "
+            f"{student_shape}. The student must predict the same classes as the teacher: give its "
+            f"last layer {teacher_shape[-1] if teacher_shape else ''} units."
+        )
+
+
+def projections(losses, dense):
+    """One learned projection per feature loss whose widths differ, built; `dense` is that Keras's Dense class."""
+    found = []
+    for loss in losses:
+        if getattr(loss, "_needs_projection", False):
+            teacher_shape, student_shape = loss._shapes
+            # A Dense on the last axis is a 1x1 convolution on feature maps.
+            projection = dense(
+                teacher_shape[-1], use_bias=False, name=f"projection_{loss.student_layer_name or FINAL_OUTPUT}"
+            )
+            projection.build((None, *student_shape))
+            found.append(projection)
+    return found
+
+
+def extractor(model, layers, role, model_class):
+    """A `model_class` (that Keras's Model) giving `model`'s final output and `layers`' outputs by name; None without layers."""
+    if not layers:
+        return None
+    outputs = {FINAL_OUTPUT: model.outputs[0]}
+    outputs.update({name: layer.output for name, layer in layers.items()})
+    # `input` is one tensor for a one-input model (the structure Keras 3 expects to be called with).
+    return model_class(model.input, outputs, name=f"{model.name}_{role}_features")
+
+
 class DistillerSetup:
     """The parts of `tfc.Distiller` that do not depend on the Keras generation.
 

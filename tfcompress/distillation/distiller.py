@@ -15,9 +15,12 @@ from tfcompress.distillation.common import (
     DistillerSetup,
     as_loss_list,
     check_cache_mode,
+    check_outputs,
     check_student_loss,
+    extractor,
     feature_layers,
     loss_weights,
+    projections,
     resolve_alpha,
     resolve_temperature,
     unwrapped,
@@ -154,10 +157,10 @@ class Distiller(keras.Model, Scheduled, DistillerSetup, metaclass=_OneDistiller)
         self.temperature = temperature
         self.alpha = alpha
         self.distillation_loss_weights = weights
-        self.projections = _projections(losses)
+        self.projections = projections(losses, keras.layers.Dense)
         # Untracked: they share the models' layers, and tracking them would list every layer twice.
-        object.__setattr__(self, "_teacher_extractor", _extractor(teacher, teacher_layers, "teacher"))
-        object.__setattr__(self, "_student_extractor", _extractor(student, student_layers, "student"))
+        object.__setattr__(self, "_teacher_extractor", extractor(teacher, teacher_layers, "teacher", keras.Model))
+        object.__setattr__(self, "_student_extractor", extractor(student, student_layers, "student", keras.Model))
 
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_has_student_loss", False)
@@ -486,26 +489,7 @@ def models_generation(teacher, student):
 def _check_models(teacher, student):
     check_model(teacher, "tfc.Distiller (teacher)")
     check_model(student, "tfc.Distiller (student)")
-    for role, model in (("teacher", teacher), ("student", student)):
-        if len(model.outputs) != 1:
-            raise ValueError(
-                f"tfc.Distiller distills models with one output; the {role} has {len(model.outputs)}. "
-                "Build a model that returns only the logits to distill."
-            )
-        if _ends_in_softmax(model):
-            raise ValueError(
-                f"The {role} ({model.name}) ends in a softmax, but distillation softens logits with "
-                "the temperature. Remove the softmax (activation=None on the last layer) and use "
-                "a loss with from_logits=True."
-            )
-    teacher_shape = tuple(teacher.outputs[0].shape[1:])
-    student_shape = tuple(student.outputs[0].shape[1:])
-    if teacher_shape != student_shape:
-        raise ValueError(
-            f"Teacher and student output shapes differ: teacher {teacher_shape}, student "
-            f"{student_shape}. The student must predict the same classes as the teacher: give its "
-            f"last layer {teacher_shape[-1] if teacher_shape else ''} units."
-        )
+    check_outputs(teacher, student, _ends_in_softmax)
 
 
 def _ends_in_softmax(model):
@@ -514,25 +498,3 @@ def _ends_in_softmax(model):
         return True
     activation = getattr(inner, "activation", None)
     return activation is keras.activations.softmax
-
-
-def _projections(losses):
-    projections = []
-    for loss in losses:
-        if getattr(loss, "_needs_projection", False):
-            teacher_shape, student_shape = loss._shapes
-            # A Dense on the last axis is a 1x1 convolution on feature maps.
-            projection = keras.layers.Dense(
-                teacher_shape[-1], use_bias=False, name=f"projection_{loss.student_layer_name or FINAL_OUTPUT}"
-            )
-            projection.build((None, *student_shape))
-            projections.append(projection)
-    return projections
-
-
-def _extractor(model, layers, role):
-    if not layers:
-        return None
-    outputs = {FINAL_OUTPUT: model.outputs[0]}
-    outputs.update({name: layer.output for name, layer in layers.items()})
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_{role}_features")

@@ -22,10 +22,12 @@ from tfcompress.distillation.common import (
     DistillerSetup,
     as_loss_list,
     check_cache_mode,
+    check_outputs,
     check_student_loss,
+    extractor,
     feature_layers,
     loss_weights,
-    output_shape,
+    projections,
     resolve_alpha,
     resolve_temperature,
 )
@@ -109,10 +111,10 @@ class Keras3Distiller(keras3.Model, DistillerSetup, Scheduled):
         self.temperature = temperature
         self.alpha = alpha
         object.__setattr__(self, "_feature_fns", [_feature_fn(loss) for loss in losses])
-        self.projections = _projections(losses)
+        self.projections = projections(losses, keras3.layers.Dense)
         # Untracked: they share the models' layers, and tracking them would list every layer twice.
-        object.__setattr__(self, "_teacher_extractor", _extractor(teacher, teacher_layers, "teacher"))
-        object.__setattr__(self, "_student_extractor", _extractor(student, student_layers, "student"))
+        object.__setattr__(self, "_teacher_extractor", extractor(teacher, teacher_layers, "teacher", keras3.Model))
+        object.__setattr__(self, "_student_extractor", extractor(student, student_layers, "student", keras3.Model))
 
         values = {"alpha": alpha}
         if any(isinstance(loss, LogitsDistillation) for loss in losses):
@@ -231,12 +233,12 @@ class Keras3Distiller(keras3.Model, DistillerSetup, Scheduled):
 
     def _distillation_terms(self, teacher_features, student_features):
         terms = []
-        projections = iter(self.projections)
+        remaining = iter(self.projections)
         for loss, feature_fn in zip(self.distillation_losses, self._feature_fns):
             teacher_output = _float32(teacher_features[loss.teacher_layer_name or FINAL_OUTPUT])
             student_output = _float32(student_features[loss.student_layer_name or FINAL_OUTPUT])
             if getattr(loss, "_needs_projection", False):
-                student_output = _float32(next(projections)(student_output))
+                student_output = _float32(next(remaining)(student_output))
             teacher_output = ops.stop_gradient(teacher_output)
             if isinstance(loss, LogitsDistillation):
                 terms.append(logits_loss(loss.loss, teacher_output, student_output, self._weight("temperature")))
@@ -390,33 +392,13 @@ def _is_graph_model(model):
 
 
 def _check_models(teacher, student, losses):
-    graph = [role for role, model in (("teacher", teacher), ("student", student)) if _is_graph_model(model)]
-    for role, model in (("teacher", teacher), ("student", student)):
-        if role in graph and len(model.outputs) != 1:
-            raise ValueError(
-                f"tfc.Distiller distills models with one output; the {role} has {len(model.outputs)}. "
-                "Build a model that returns only the logits to distill."
-            )
-        if role in graph and _ends_in_softmax(model):
-            raise ValueError(
-                f"The {role} ({model.name}) ends in a softmax, but distillation softens logits with "
-                "the temperature. Remove the softmax (activation=None on the last layer) and use "
-                "a loss with from_logits=True."
-            )
-    if len(graph) == 2:
-        teacher_shape, student_shape = output_shape(teacher, None), output_shape(student, None)
-        if teacher_shape != student_shape:
-            raise ValueError(
-                f"Teacher and student output shapes differ: teacher {teacher_shape}, student "
-                f"{student_shape}. The student must predict the same classes as the teacher: give its "
-                f"last layer {teacher_shape[-1] if teacher_shape else ''} units."
-            )
-    if _has_features(losses) and len(graph) < 2:
-        missing = " and ".join(role for role in ("teacher", "student") if role not in graph)
+    check_outputs(teacher, student, _ends_in_softmax)
+    subclassed = [role for role, model in (("teacher", teacher), ("student", student)) if not _is_graph_model(model)]
+    if _has_features(losses) and subclassed:
         raise ValueError(
             f"FeatureDistillation reads named layers, which needs Sequential or functional models; the "
-            f"{missing} is subclassed. Distill its logits only (LogitsDistillation), or build it "
-            "as a functional model."
+            f"{' and '.join(subclassed)} is subclassed. Distill its logits only (LogitsDistillation), or "
+            "build it as a functional model."
         )
 
 
@@ -439,26 +421,3 @@ def _feature_fn(loss):
             "pass its name (e.g. 'mse') or a keras.losses object."
         )
     return loss.loss
-
-
-def _projections(losses):
-    projections = []
-    for loss in losses:
-        if getattr(loss, "_needs_projection", False):
-            teacher_shape, student_shape = loss._shapes
-            # A Dense on the last axis is a 1x1 convolution on feature maps.
-            projection = keras3.layers.Dense(
-                teacher_shape[-1], use_bias=False, name=f"projection_{loss.student_layer_name or FINAL_OUTPUT}"
-            )
-            projection.build((None, *student_shape))
-            projections.append(projection)
-    return projections
-
-
-def _extractor(model, layers, role):
-    if not layers:
-        return None
-    outputs = {FINAL_OUTPUT: model.outputs[0]}
-    outputs.update({name: layer.output for name, layer in layers.items()})
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras3.Model(inputs, outputs, name=f"{model.name}_{role}_features")
