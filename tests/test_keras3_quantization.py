@@ -4,8 +4,6 @@ Real Keras 3 models on scikit-learn's digits, the real TFLite converter and
 LiteRT. The JAX backend runs in a fresh interpreter (a process has one backend).
 """
 
-import json
-
 import keras
 import numpy as np
 import pytest

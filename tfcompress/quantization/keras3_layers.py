@@ -30,15 +30,8 @@ stop moving.
 import keras
 from keras import ops
 
-from tfcompress.scheduling import (
-    Scheduled,
-    is_fraction,
-    missing_callback,
-    resolve_point,
-    tracing_for_saving,
-    unknown_length,
-    validate_point,
-)
+from tfcompress.quantization.wrappers import PhasedQuantization
+from tfcompress.scheduling import Scheduled, is_fraction, missing_callback, tracing_for_saving, validate_point
 
 MISSING_CALLBACK = missing_callback(
     "quantization-aware layers (Keras 3), whose phases (float, fake-quant, frozen) are scheduled"
@@ -84,33 +77,12 @@ class QuantizationPhases(Scheduled):
         self.qat_freeze = scalar("qat_freeze", freeze)
 
     def resolve_schedule(self, total_steps):
-        if total_steps is None and any(is_fraction(p) for p in (self.start, self.freeze) if p is not None):
-            raise unknown_length("quantization", "give tfc.quantize absolute step numbers for `start` and `freeze`")
-        start = resolve_point(self.start, total_steps)
-        freeze = None if self.freeze is None else resolve_point(self.freeze, total_steps)
-        if freeze is not None and freeze < start:
-            raise ValueError(
-                f"Quantization freezes at step {freeze}, before it starts at step {start}; "
-                "`freeze` must not come before `start`."
-            )
-        self._start_step = start
-        self._freeze_step = freeze
+        # The schedule and its plan entry are tf_keras's (`PhasedQuantization`); the steps also go into variables.
+        plan = PhasedQuantization.resolve_schedule(self, total_steps)
         self._next_step = None
-        self.qat_start.assign(float(start))
-        self.qat_freeze.assign(NEVER if freeze is None else float(freeze))
-        frozen = "" if freeze is None else f", ranges and BatchNorm frozen from step {freeze}"
-        of = f" of {total_steps}" if total_steps else ""
-        return [
-            {
-                "compression": "quantization",
-                "layers": [self.name],
-                "start_step": start,
-                "freeze_step": freeze,
-                "total_steps": total_steps,
-                "description": f"tfcompress: quantization-aware training (int8): float until step {start}{of}, "
-                f"fake-quant from step {start}{frozen}",
-            }
-        ]
+        self.qat_start.assign(float(self._start_step))
+        self.qat_freeze.assign(NEVER if self._freeze_step is None else float(self._freeze_step))
+        return plan
 
     def on_schedule_step(self, step):
         # The step counter moves inside the compiled step; set it only where it could differ (a fit's start).
