@@ -13,7 +13,9 @@
 
 Keras 3 models (`import keras`, TensorFlow or JAX backend) take the same
 `prune`, `cluster`, `CompressionCallback`, `strip`, `summary` and `load_model`:
-their kernels get serializable constraints instead of wrapper layers.
+their kernels get serializable constraints instead of wrapper layers. Given
+Keras 3 teacher and student, `Distiller` is a Keras 3 model with the same
+arguments (`tfc.distillation.Keras3Distiller`).
 """
 
 from tfcompress import clustering, distillation, pruning, quantization, saving
