@@ -53,11 +53,12 @@ class _Graph:
     """Who feeds whom in a functional model: producers and consumers of each layer."""
 
     def __init__(self, functional):
-        self.consumers, self.producers, self.outputs = {}, {}, set()
+        self.consumers, self.producers, self.outputs, self.calls = {}, {}, set(), {}
         for nodes in functional._nodes_by_depth.values():
             for node in nodes:
                 if node.is_input:
                     continue
+                self.calls[id(node.operation)] = self.calls.get(id(node.operation), 0) + 1
                 for tensor in node.input_tensors:
                     producer = tensor._keras_history.operation
                     self.consumers.setdefault(id(producer), []).append(node.operation)
@@ -118,6 +119,9 @@ class _Plan:
 
     def _classify(self, layer):
         kind = None
+        if self.graph.calls.get(id(layer), 0) > 1 and layer.weights:
+            # One set of ranges and one step counter per call site.
+            return "called more than once (shared weights)"
         if type(layer) in KERNEL_LAYERS:
             problem = _kernel_problem(layer)
             if problem:
@@ -159,14 +163,12 @@ def _uncovered_error(uncovered):
     for layer, reason in uncovered:
         groups.setdefault(type(layer), []).append(f"{layer.name!r}: {reason}")
     listed = "; ".join(f"{cls.__name__} ({', '.join(items)})" for cls, items in groups.items())
-    classes = ", ".join(f"keras.layers.{cls.__name__}" if hasattr(keras.layers, cls.__name__) else cls.__name__
-                        for cls in groups)
     names = ", ".join(repr(layer.name) for layer, _ in uncovered)
     return ValueError(
         f"tfc.quantize cannot quantize {len(uncovered)} layer(s) of this Keras 3 model with 8-bit "
         f"quantization-aware training: {listed}. Keep them float with one filter, "
-        f"layers=lambda l: l.name not in {{{names}}} (or not isinstance(l, ({classes},))), or pass "
-        "unsupported='float'; either way the int8 export then calibrates them from representative_data."
+        f"layers=lambda l: l.name not in {{{names}}}, or pass unsupported='float'; either way the "
+        "int8 export then calibrates them from representative_data."
     )
 
 
