@@ -54,6 +54,8 @@ def test_prune_cluster_quantize_in_one_fit_keeps_zeros_and_clusters_in_int8(mlp,
     model = compile_classifier(
         tfc.quantize(tfc.cluster(tfc.prune(mlp, 0.8, end=0.4), CLUSTERS, begin=0.4), start=0.7, freeze=0.9)
     )
+    names = [weight.name for weight in model.weights]
+    assert len(set(names)) == len(names), "an .h5 file needs unique weight names"
     # Before any phase begins, the three-times-wrapped model computes what the float model computes.
     float_logits = mlp.predict(x_test, verbose=0)
     np.testing.assert_allclose(model.predict(x_test, verbose=0), float_logits, atol=1e-5)

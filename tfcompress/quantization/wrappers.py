@@ -324,9 +324,10 @@ def rebuilt_copy(layer, source):
     cluster-preserving quantizer counts the kernel's distinct values), so a
     wrapper must wrap a layer that already holds its trained weights.
     """
-    copy_ = fresh_copy(layer)
     # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
+    # The copy too: a wrapper's config builds the wrapper inside it (a pruned layer inside clustering).
     with tf.name_scope(source.name):
+        copy_ = fresh_copy(layer)
         # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
         copy_.build(source.input_shape)
     copy_weights_by_name(source, copy_)
