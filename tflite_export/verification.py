@@ -59,15 +59,6 @@ def load_interpreter(content, num_threads=1):
         return interpreter, BUILTIN_RUNTIME
 
 
-def default_runtime_loads(content):
-    """True when LiteRT's default runtime (with XNNPACK, as on Android) can run `content`."""
-    try:
-        Interpreter(model_content=content, num_threads=1).allocate_tensors()
-        return True
-    except (RuntimeError, ValueError):
-        return False
-
-
 def variable_tensors(content):
     """Names of the tensors a flatbuffer keeps between invokes (a fused LSTM's state), in its main subgraph."""
     from ai_edge_litert import schema_py_generated as schema
