@@ -10,6 +10,7 @@ from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, Q
 from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, is_keras3_functional, keras
 from tfcompress._layers import walk
 from tfcompress.pruning.constraints import CompressionConstraint, keras3_layers
+from tfcompress.quantization.keras3_layers import QuantizedKernel
 
 
 @dataclasses.dataclass
@@ -167,10 +168,13 @@ def _keras3_rows(model):
     for layer in layers:
         variables = layer.weights if functional else layer._trainable_variables + layer._non_trainable_variables
         arrays = []
+        # A quantization-aware layer's kernel is stored as int8 in the exported file.
+        quantized = isinstance(layer, QuantizedKernel)
         for variable in variables:
             values = np.asarray(variable.numpy())
             constraint = variable.constraint
-            arrays.append(constraint.effective(values) if isinstance(constraint, CompressionConstraint) else values)
+            values = constraint.effective(values) if isinstance(constraint, CompressionConstraint) else values
+            arrays.append(_int8(values) if quantized and variable.name == "kernel" else values)
         if arrays:
             rows.append((type(layer).__name__, layer.name, arrays))
     return rows
