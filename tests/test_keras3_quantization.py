@@ -71,7 +71,7 @@ def resumed(data, tmp_path_factory):
             assert saved[1] > 0 and saved == [float(v.numpy()) for v in (
                 loaded.get_layer(layer.name).output_range.min, loaded.get_layer(layer.name).output_range.max)]
     second = tfc.CompressionCallback(verbose=0)
-    loaded.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=0, callbacks=[second])
+    second.history = loaded.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=0, callbacks=[second]).history
     return qat, loaded, first, second
 
 
@@ -99,6 +99,7 @@ def test_resumed_fit_follows_the_schedule_and_keeps_the_zeros(resumed):
         if hasattr(layer, "qat_step"):
             assert float(layer.qat_step.numpy()) == steps, layer.name  # counted on from the saved step
             assert layer.phase == 2, layer.name
+    assert second.history["qat_phase"] == [2] and second.history["sparsity"] == [pytest.approx(0.5, abs=0.01)]
     # Ranges were saved and frozen: the ReLU6 range lies inside [0, 6].
     relu6 = loaded.get_layer("depthwise_relu_quant")
     assert 0.0 == float(relu6.output_range.min.numpy()) < float(relu6.output_range.max.numpy()) <= 6.0

@@ -8,6 +8,7 @@ from tfcompress.pruning.constraints import PrunedKernel, pruned_kernels
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
 from tfcompress.quantization.quantize import attach_phase_report
+from tfcompress.quantization.keras3 import qat_phase
 from tfcompress.scheduling import scheduled_parts, unknown_length
 
 
@@ -268,6 +269,9 @@ class _Keras3Fit:
         sparsity = self.sparsity()
         if logs is not None and sparsity is not None:
             logs["sparsity"] = sparsity
+        phase = qat_phase(self.parts)
+        if logs is not None and phase is not None:
+            logs["qat_phase"] = phase
 
 
 def _merge_entry(plan, entry):
