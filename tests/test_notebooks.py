@@ -53,6 +53,7 @@ def test_every_notebook_is_collected():
         "04_distillation.ipynb",
         "05_android.ipynb",
         "06_make_it_faster.ipynb",
+        "07_deep_compression.ipynb",
         "08_tf_keras_quickstart.ipynb",
     ]
     assert SOURCES == [name.replace(".ipynb", ".py") for name in NOTEBOOKS], "every notebook has one .py source"
@@ -234,6 +235,15 @@ CHECKS = {
         r"channel_sparsity",
         r"FP32 latency: dense [\d.]+ ms -> pruned [\d.]+ ms \(\d+\.\dx faster\)",
         rf"pruned \+ QAT INT8: [\d,]+ B \(dense FP32 [\d,]+ B\), LiteRT accuracy {ACCURACY}, fully integer: True",
+    ],
+    "07_deep_compression.ipynb": [
+        r"impossible order: Clustering of layer 'fc1' begins at 0\.3, before its pruning ends at 0\.5",
+        # Every kernel on LiteRT: the zeros, and at most 16 values, zero included.
+        r"95\.0% zeros, (1[0-6]|[2-9]) distinct values\n[^\n]*95\.0% zeros, (1[0-6]|[2-9]) distinct values\n"
+        r"[^\n]*95\.0% zeros, (1[0-6]|[2-9]) distinct values",
+        rf"Deep Compression in one fit: FP32 [\d,]+ B -> INT8 [\d,]+ B gzip \(\d+\.\dx smaller\), "
+        rf"LiteRT accuracy {ACCURACY} -> {ACCURACY}, fully integer: True",
+        rf"sensitivity-guided: [\d,]+ B gzip, accuracy {ACCURACY}",
     ],
 }
 
