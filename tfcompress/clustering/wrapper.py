@@ -156,13 +156,13 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         self._begin_step = resolve_point(self.begin, total_steps)
         steps = getattr(self.pruned.pruning_schedule, "steps", None) if self.pruned else None
         if steps is not None and self._begin_step < steps[1]:
-            raise clustering_before_pruning_ends(self.layer.layer.name, self._begin_step, steps[1], "step ")
+            raise clustering_before_pruning_ends(self.pruned.layer.name, self._begin_step, steps[1], "step ")
         self._on = int(self.clustering_on.numpy())
         of = f" of {total_steps}" if total_steps else ""
         return [
             {
                 "compression": "clustering",
-                "layers": [self.layer.name],
+                "layers": [(self.pruned.layer if self.pruned else self.layer).name],
                 "clusters": self.number_of_clusters,
                 "begin_step": self._begin_step,
                 "total_steps": total_steps,
