@@ -190,9 +190,11 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
       moving (TF1's `quant_delay` / `freeze_bn_delay`).
 
     The current phase is logged as the `qat_phase` metric (0 float, 1
-    fake-quant, 2 frozen). A model from `tfc.prune` or `tfc.cluster` may be
+    fake-quant, 2 frozen). A model from `tfc.prune` or `tfc.cluster`, or from
+    both (`tfc.cluster(tfc.prune(m))`, Deep Compression in one fit), may be
     quantized: masks and shared values are applied before the kernel is
-    fake-quantized, so the int8 weights keep the zeros and clusters. `tfc.strip` then gives a model the TFLite
+    fake-quantized, so the int8 weights keep the zeros and clusters.
+    Clustering must begin before `freeze` (an error says so). `tfc.strip` then gives a model the TFLite
     converter turns into full int8 with the learned ranges.
 
     Arguments:
