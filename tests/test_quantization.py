@@ -144,11 +144,13 @@ def test_bad_schedule_arguments(kwargs, message):
         quantize(dense_digits_model(), **kwargs)
 
 
-def test_keras3_model_is_refused():
+def test_keras3_model_gets_tfcompress_keras3_qat_layers():
     import keras as keras3
 
-    with pytest.raises(TypeError, match="tf_keras"):
-        quantize(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(1)]))
+    from tfcompress.quantization.keras3_layers import QuantDense
+
+    qat = quantize(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(1, name="dense")]))
+    assert isinstance(qat, keras3.Model) and isinstance(qat.get_layer("dense"), QuantDense)
 
 
 def test_stripped_qat_model_saves_and_loads(float_cnn, digits, tmp_path):

@@ -143,6 +143,16 @@ def test_fresh_wrapped_models_save_before_any_fit(tmp_path):
     np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
 
 
+def test_pruned_clustered_quantized_model_loads_from_h5(digits, tmp_path):
+    # tfmot's QuantizeWrapper config nests tfcompress's clustering wrapper under the bare "ClusterWeights".
+    model = compile_classifier(tfc.quantize(tfc.cluster(
+        tfc.prune(dense_digits_model(seed=4, width=32), 0.75, end=0.4), clusters=8, begin=0.5), start=0.8))
+    model.save(tmp_path / "deep.h5")
+    loaded = load_model(tmp_path / "deep.h5")
+    x_test = digits[2][:64]
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-6)
+
+
 def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(uninterrupted, digits, tmp_path):
     model, _ = uninterrupted[pruned_and_quantized]
     final = tfc.strip(model)

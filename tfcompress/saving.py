@@ -62,6 +62,17 @@ class _PruneLowMagnitudeByConfig:
         return cls.from_config(config)
 
 
+class _ClusterWeightsByConfig:
+    """The clustering wrapper a `.h5` file's "ClusterWeights" entry needs (tfcompress's has `begin`)."""
+
+    @staticmethod
+    def from_config(config, custom_objects=None):
+        from tfcompress.clustering.wrapper import ClusterWeights
+
+        cls = ClusterWeights if "begin" in config else cluster_wrapper.ClusterWeights
+        return cls.from_config(config)
+
+
 def custom_objects():
     """Every class a tfcompress or tfmot model file may name, by the name it is saved under.
 
@@ -84,7 +95,7 @@ def custom_objects():
         for mapping in scope.custom_objects:
             objects.update(mapping)
     # tfmot's cluster_scope() names its base wrapper; files written by its cluster_weights() need it.
-    objects["ClusterWeights"] = cluster_wrapper.ClusterWeights
+    objects["ClusterWeights"] = _ClusterWeightsByConfig
     objects["PruneLowMagnitude"] = _PruneLowMagnitudeByConfig
     # A model's own class is saved by its bare name in .h5 files.
     objects["ChannelPruned"] = ChannelPruned

@@ -125,7 +125,8 @@ def _effective_weights(layer):
     masks = {}
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
         masks = {id(weight): mask.numpy() for weight, mask, _ in layer.pruning_vars}
-        variables += [weight for weight, _, _ in layer.pruning_vars if id(weight) not in quantized]
+        listed = {id(weight) for weight in variables}  # a clustering wrapper around it listed the kernel
+        variables += [weight for weight, _, _ in layer.pruning_vars if id(weight) not in quantized | listed]
         layer = layer.layer
     known = {id(weight) for weight in variables}
     variables += [weight for weight in layer.weights if id(weight) not in known]

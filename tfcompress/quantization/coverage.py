@@ -8,8 +8,10 @@ COMPRESSION_WRAPPERS = (pruning_wrapper.PruneLowMagnitude, cluster_wrapper.Clust
 
 
 def user_layer(layer):
-    """The layer the user built: the one inside a pruning or clustering wrapper, else `layer`."""
-    return layer.layer if isinstance(layer, COMPRESSION_WRAPPERS) else layer
+    """The layer the user built: the one inside pruning and clustering wrappers, else `layer`."""
+    while isinstance(layer, COMPRESSION_WRAPPERS):
+        layer = layer.layer
+    return layer
 
 
 def uncovered_layers(model, chosen):
