@@ -172,6 +172,9 @@ def test_cnn_loses_half_its_channels_in_fit_and_strip_removes_them(pruned_cnn, t
     planned = 8 * 9 + 8 + 16 * 8 * 9 + 16 + 256 * 32 + 32 + 32 * 10 + 10
     info = channel_summary(pruned, print_fn=None)
     assert small.count_params() == planned == info.params["now"] == info.params["target"]
+    # tfc.summary shows the same groups, params and MACs under its per-layer table.
+    overview = tfc.summary(pruned, print_fn=None)
+    assert overview.channels.as_dict() == info.as_dict() and "MACs:   dense" in str(overview)
     assert info.params["dense"] == trained_cnn.count_params()
     assert count_macs(small) == info.macs["now"] < info.macs["dense"] / 3.5
     accuracy = compiled(small).evaluate(x_test, y_test, verbose=0)[1]

@@ -9,6 +9,7 @@ from tfcompress._tfmot import cluster_wrapper, pruning_wrapper, QuantizeLayer, Q
 
 from tfcompress._keras import KERAS3, check_keras3_model, check_model, generation, is_keras3_functional, keras
 from tfcompress._layers import walk
+from tfcompress.pruning.channels import channel_summary, is_channel_pruned
 from tfcompress.pruning.constraints import CompressionConstraint, keras3_layers
 from tfcompress.quantization.keras3_layers import QuantizedKernel
 
@@ -52,9 +53,13 @@ class ModelSummary:
 
     rows: list
     total: LayerSummary
+    channels: object = None  # a channel-pruned model's ChannelSummary: groups, params and MACs before / after
 
     def as_dict(self):
-        return {"layers": [row.as_dict() for row in self.rows], "total": self.total.as_dict()}
+        result = {"layers": [row.as_dict() for row in self.rows], "total": self.total.as_dict()}
+        if self.channels is not None:
+            result["channels"] = self.channels.as_dict()
+        return result
 
     def __str__(self):
         header = ("layer", "type", "params", "nonzero", "sparsity", "clusters", "bits", "bytes", "gzip bytes",
@@ -69,7 +74,8 @@ class ModelSummary:
             return "  ".join(left + right)
 
         rule = "-" * len(fmt(header))
-        return "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(total)])
+        table = "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(total)])
+        return table if self.channels is None else f"{table}\n\n{self.channels}"
 
 
 def _row_cells(row):
@@ -231,7 +237,10 @@ def summary(model, print_fn=print):
 
     Returns:
         A `ModelSummary`: `.rows` (one `LayerSummary` per layer with weights),
-        `.total`, `.as_dict()` for JSON, and `str()` for the table.
+        `.total`, `.as_dict()` for JSON, and `str()` for the table. For a
+        channel-pruned model (`tfc.prune(..., structure="channels")`),
+        `.channels` holds its groups and the params and MACs dense, now and at
+        the target, printed below the table.
 
     Raises:
         TypeError: `model` is not a Keras model, or mixes tf_keras and Keras 3 layers.
@@ -257,7 +266,8 @@ def summary(model, print_fn=print):
         rows.append(_summarize(name, layer_type, weights))
         arrays.extend(weights)
     total = _summarize("total", "", arrays)
-    result = ModelSummary(rows=rows, total=total)
+    channels = channel_summary(model, print_fn=None) if is_channel_pruned(model) else None
+    result = ModelSummary(rows=rows, total=total, channels=channels)
     if print_fn is not None:
         print_fn(str(result))
     return result
