@@ -40,16 +40,6 @@ def test_subclassed_and_unbuilt_models_are_refused_by_every_entry_point(name):
         entry(keras.Sequential([keras.layers.Dense(2)]))
 
 
-# tfc.prune, cluster, strip and summary take Keras 3 models (tests/test_keras3.py); QAT does not yet.
-@pytest.mark.parametrize("name", ["tfc.quantize"])
-def test_keras3_models_are_refused_with_how_to_build_a_tf_keras_one(name):
-    import keras as keras3
-
-    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(), keras3.layers.Dense(10)])
-    with pytest.raises(TypeError, match=r"Keras 3.*import tf_keras as keras"):
-        ENTRY_POINTS[name](model)
-
-
 def test_summary_refuses_unbuilt_models_and_reads_subclassed_ones():
     import keras as keras3
 
