@@ -208,11 +208,11 @@ try:
     mixed_model = compile_model(
         keras.Model(body.input, keras.layers.Activation("linear", dtype="float32")(body.output))
     )  # compile wraps the optimizer in a LossScaleOptimizer
-    mixed_model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, verbose=0)
+    mixed_model.fit(x_train, y_train, epochs=1 if FAST else EPOCHS, batch_size=32, verbose=0)
     print("mixed model computes in", mixed_model.layers[1].compute_dtype,
           "| optimizer:", type(mixed_model.optimizer).__name__)
     mixed_qat = compile_model(tfc.quantize(mixed_model, start=0.3), learning_rate=3e-4)
-    mixed_qat.fit(x_train, y_train, epochs=FINETUNE_EPOCHS, batch_size=32, verbose=0,
+    mixed_qat.fit(x_train, y_train, epochs=1 if FAST else FINETUNE_EPOCHS, batch_size=32, verbose=0,
                   callbacks=[tfc.CompressionCallback()])
     mixed_int8 = tfe.export(tfc.strip(mixed_qat), "mixed_qat_int8.tflite", precision="int8",
                             validation_data=(x_test, y_test))

@@ -105,7 +105,7 @@ def mobilenet_style():
 
     inputs = keras.Input((16, 16, 1))
     h = bn_relu(layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs))
-    for filters, stride in ((24, 1), (24, 1), (48, 2), (48, 1)):
+    for filters, stride in ((24, 1), (24, 1), (48, 2)) + (() if FAST else ((48, 1), (64, 2))):
         h = block(h, filters, stride)
     h = bn_relu(layers.Conv2D(192, 1, use_bias=False)(h))
     return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(h)))

@@ -114,7 +114,7 @@ def cnn(filters=16, units=64, seed=0):
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
 
 
-EPOCHS = 3 if FAST else 12
+EPOCHS = 2 if FAST else 12
 teacher = compile_model(cnn(filters=32, units=128))
 teacher.fit(x_train, y_train, epochs=EPOCHS, batch_size=64, verbose=2)
 teacher_accuracy = teacher.evaluate(x_test, y_test, verbose=0)[1]
@@ -140,7 +140,7 @@ distiller.compile(
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     metrics=["accuracy"],
 )
-STUDENT_EPOCHS = 4 if FAST else 20
+STUDENT_EPOCHS = 3 if FAST else 20
 history = distiller.fit(x_train, y_train, epochs=STUDENT_EPOCHS, batch_size=64, verbose=2,
                         callbacks=[tfc.CompressionCallback()])
 
