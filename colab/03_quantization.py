@@ -215,7 +215,7 @@ try:
     mixed_qat.fit(x_train, y_train, epochs=1 if FAST else FINETUNE_EPOCHS, batch_size=32, verbose=0,
                   callbacks=[tfc.CompressionCallback()])
     mixed_int8 = tfe.export(tfc.strip(mixed_qat), "mixed_qat_int8.tflite", precision="int8",
-                            validation_data=(x_test, y_test))
+                            validation_data=(x_test, y_test), latency_runs=0)
 finally:
     keras.mixed_precision.set_global_policy("float32")
 print(f"mixed_float16 training -> QAT INT8: Keras {mixed_model.evaluate(x_test, y_test, verbose=0)[1]:.3f}, "
