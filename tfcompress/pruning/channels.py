@@ -48,6 +48,11 @@ CLONE_ERROR = (
 )
 
 
+def channels_removed(share, channels):
+    """How many of a group's `channels` a sparsity `share` masks: rounded, and never all of them."""
+    return min(channels - 1, int(share * channels + 0.5))
+
+
 class _MaskConstraint:
     """`weight * mask` along one axis; the optimizer applies it after every update.
 
@@ -259,7 +264,7 @@ class ChannelPruned(keras.Model, Scheduled):
             if group.name not in wanted:
                 continue
             ids = np.arange(group.first, group.first + group.channels)
-            remove = min(group.channels - 1, int(wanted[group.name] * group.channels + 0.5))
+            remove = channels_removed(wanted[group.name], group.channels)
             ranked = np.where(keep[ids], scores[ids], -np.inf)
             order = np.argsort(ranked, kind="stable")
             group_keep = np.ones(group.channels, bool)
@@ -343,7 +348,7 @@ class ChannelPruned(keras.Model, Scheduled):
         keep = np.ones(graph.num_classes, bool)
         for group in graph.prunable_groups:
             if group.name in self.targets:
-                remove = min(group.channels - 1, int(self.targets[group.name] * group.channels + 0.5))
+                remove = channels_removed(self.targets[group.name], group.channels)
                 keep[group.first:group.first + remove] = False
         return graph.cost(), graph.cost(keep)
 
@@ -387,7 +392,7 @@ def shrink_for_quantization(model):
     for group in model.channel_graph.prunable_groups:
         if group.name not in model.targets:
             continue
-        planned = min(group.channels - 1, int(model.targets[group.name] * group.channels + 0.5))
+        planned = channels_removed(model.targets[group.name], group.channels)
         masked = int((~kept[group.first:group.first + group.channels]).sum())
         if masked < planned:
             behind.append(f"{group.name} ({masked}/{planned} channels masked)")
@@ -737,7 +742,7 @@ def channel_summary(model, print_fn=print):
             ids = slice(group.first, group.first + group.channels)
             kept = int(keep[ids].sum())
             share = model.targets.get(group.name, 0.0)
-            target_kept = group.channels - min(group.channels - 1, int(share * group.channels + 0.5))
+            target_kept = group.channels - channels_removed(share, group.channels)
         else:
             kept = target_kept = group.channels
         rows.append(ChannelGroupRow(group.name, list(group.layers or group.producers), group.channels, kept,
