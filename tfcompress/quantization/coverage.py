@@ -3,15 +3,9 @@
 from tfcompress._keras import keras
 from tfcompress._tfmot import cluster_wrapper, pruning_wrapper
 from tfcompress.quantization.registry import is_op_layer, op_name, unsupported_reason
+from tfcompress.quantization.wrappers import unwrapped
 
 COMPRESSION_WRAPPERS = (pruning_wrapper.PruneLowMagnitude, cluster_wrapper.ClusterWeights)
-
-
-def user_layer(layer):
-    """The layer the user built: the one inside pruning and clustering wrappers, else `layer`."""
-    while isinstance(layer, COMPRESSION_WRAPPERS):
-        layer = layer.layer
-    return layer
 
 
 def uncovered_layers(model, chosen):
@@ -22,13 +16,13 @@ def uncovered_layers(model, chosen):
         chosen: `layer -> bool`, the layers the user asked to quantize.
 
     Returns:
-        A list of `(layer, user_layer, reason)`, in model order.
+        A list of `(layer, the layer inside its wrappers, reason)`, in model order.
     """
     found = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer) or not chosen(layer):
             continue
-        inner = user_layer(layer)
+        inner = unwrapped(layer)
         reason = unsupported_reason(inner)
         if reason is not None:
             found.append((layer, inner, reason))
@@ -60,7 +54,7 @@ def uncovered_error(model, chosen, uncovered):
     chosen_by_class = {}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.InputLayer) and chosen(layer):
-            chosen_by_class.setdefault(type(user_layer(layer)), []).append(layer)
+            chosen_by_class.setdefault(type(unwrapped(layer)), []).append(layer)
     classes, names = [], []
     for cls, members in groups.items():
         if not is_op_layer(members[0][0]) and len(members) == len(chosen_by_class[cls]):
