@@ -1,22 +1,39 @@
 """The coverage matrix: every compression and export on the models users bring.
 
     python benchmarks/bench_zoo.py [--models MobileNetV2,KeywordNet] [--columns prune,int8]
+                                   [--pretrain_steps 300] [--steps 40] [--merge]
+    python benchmarks/bench_zoo.py --export_timing      # prune + QAT MobileNetV2 int8 export, timed
 
 Rows are tiny versions of tf_keras.applications nets (weights=None, 32x32x3), a
 DS-CNN keyword spotter (Conv1D, SeparableConv1D), Embedding + LSTM/GRU text
 classifiers and a Transformer encoder block; columns are tfc.prune, tfc.quantize,
 both in one fit, tfc.cluster, tfc.Distiller, and tflite_export at fp32 / fp16 /
-dynamic / int8 / edgetpu. Each cell runs on a freshly built model trained for a
-few steps on digits (upsampled), synthetic signals or synthetic tokens, and reports
-its figures (sparsity reached, values per clustered kernel, bytes, fully integer,
-LiteRT top-1 agreement and logit cosine against Keras, Edge TPU ops predicted on
-the TPU, seconds) or the error it raised. Prints a markdown table and writes
-benchmarks/results/zoo.json. The cells are the same functions tests/test_zoo.py asserts.
+dynamic / int8 / edgetpu. Each row's float model is trained once (`--pretrain_steps`
+on 1,400 digits upsampled, or synthetic signals or tokens; its accuracy on 200
+held-back inputs is printed and recorded), and every cell of the row starts from a
+copy of it: compressions fine-tune it `--steps` more, exports convert it as is,
+the Distiller takes it as the teacher. `--pretrain_steps 0` gives the test suite's
+cells instead (a fresh model trained `--steps` in each cell, 256 / 64 inputs).
+A cell reports its figures (sparsity reached, values per clustered kernel, bytes,
+fully integer, Keras and LiteRT test accuracy, LiteRT top-1 agreement and logit
+cosine against Keras, Edge TPU ops predicted on the TPU, seconds) or the error it
+raised. Prints a markdown table and writes benchmarks/results/zoo.json after every
+cell; `--merge` keeps the cells of other rows and columns already in that file.
+The cells are the same functions tests/test_zoo.py asserts.
+
+`--export_timing` times the issue's goal instead: `tflite_export.export` of the
+prune + QAT MobileNetV2 (alpha 0.35, 32x32) at int8 with 256 calibration inputs and
+the 397 held-back digits as validation data, end to end (strip, conversions,
+verification on LiteRT), wall and CPU seconds, median of `--timing_runs`; writes
+benchmarks/results/zoo_export_timing.json. `--profile` adds a cProfile of one more export.
 """
 
+import json
 import os
 import pathlib
+import statistics
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The matrix's models and cells live beside the tests that assert them.
@@ -29,33 +46,131 @@ from _common import run_record, write_json  # noqa: E402
 
 flags.DEFINE_list("models", list(zoo.MODELS), "Matrix rows to run.")
 flags.DEFINE_list("columns", list(zoo.COLUMNS), "Matrix columns to run.")
-flags.DEFINE_string("output", "benchmarks/results/zoo.json", "JSON output path.")
-flags.DEFINE_integer("steps", zoo.TRAIN_STEPS, "Training steps (batches of 32) per cell; the tests use 4.")
+flags.DEFINE_string("output", None, "JSON output path (default benchmarks/results/zoo.json, "
+                    "or zoo_export_timing.json with --export_timing).")
+flags.DEFINE_integer("steps", zoo.TRAIN_STEPS, "Training steps (batches of 32) of each cell's compression fit "
+                     "(of its whole training with --pretrain_steps 0); the tests use 4.")
+flags.DEFINE_integer("pretrain_steps", 300, "Steps (batches of 32) training each row's float model once, before "
+                     "its cells; 0: every cell trains a fresh model, as the tests do.")
+flags.DEFINE_bool("merge", False, "Keep the cells of other rows/columns already in the output file.")
+flags.DEFINE_bool("export_timing", False, "Time the prune + QAT MobileNetV2 int8 export instead of the matrix.")
+flags.DEFINE_integer("timing_runs", 3, "Timed exports with --export_timing (the median is reported).")
+flags.DEFINE_bool("profile", False, "With --export_timing: cProfile one more export and print its top costs.")
 FLAGS = flags.FLAGS
+
+# Inputs when rows are pretrained: all 1,400 training digits, 200 of the 397 held back.
+PRETRAIN_TRAIN, PRETRAIN_TEST = 1400, 200
+
+
+def previous_cells(path):
+    """Cells already in `path`, each with the settings of the run that measured it."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        record = json.load(f)
+    defaults = {"steps": record.get("steps"), "pretrain_steps": 0, "date": record.get("date")}
+    return [{**defaults, **cell} for cell in record.get("cells", [])]
+
+
+def run_matrix():
+    unknown = sorted(set(FLAGS.models) - set(zoo.MODELS)) + sorted(set(FLAGS.columns) - set(zoo.COLUMNS))
+    if unknown:
+        raise app.UsageError(f"unknown rows/columns {unknown}; rows: {list(zoo.MODELS)}, columns: {list(zoo.COLUMNS)}")
+    output = FLAGS.output or "benchmarks/results/zoo.json"
+    zoo.TRAIN_STEPS = FLAGS.steps
+    measured = {(m, c) for m in FLAGS.models for c in FLAGS.columns}
+    kept = [c for c in previous_cells(output) if (c["model"], c["column"]) not in measured] if FLAGS.merge else []
+    settings = {"steps": FLAGS.steps, "pretrain_steps": FLAGS.pretrain_steps, "date": time.strftime("%Y-%m-%d")}
+    cells, records, float_accuracy = [], [], {}
+    total = len(FLAGS.models) * len(FLAGS.columns)
+    for name in FLAGS.models:
+        data, weights = None, None
+        if FLAGS.pretrain_steps:
+            data = zoo.data_for(name, PRETRAIN_TRAIN, PRETRAIN_TEST)
+            start = time.perf_counter()
+            weights, float_accuracy[name] = zoo.pretrain(name, FLAGS.pretrain_steps, data)
+            print(f"{name}: float model trained {FLAGS.pretrain_steps} steps, test accuracy "
+                  f"{float_accuracy[name]:.3f} ({time.perf_counter() - start:.1f} s)", flush=True)
+        for column in FLAGS.columns:
+            model = zoo.trained_copy(name, weights) if weights is not None else None
+            cell = zoo.run_cell(name, column, model=model, data=data)
+            cell.float_accuracy = float_accuracy.get(name)
+            cells.append(cell)
+            records.append({**vars(cell), **settings})
+            status = cell.short() if cell.works else cell.error[:160]
+            print(f"[{len(cells)}/{total}] {name} / {column}: {status} ({cell.seconds:.1f} s)", flush=True)
+            # Written after every cell: a long run stopped halfway keeps what it measured.
+            write_json(output, run_record("zoo", cells=kept + records, **settings), announce=False)
+    print(f"wrote {output}")
+    print()
+    print("| model | float acc | " + " | ".join(FLAGS.columns) + " |")
+    print("|---|---|" + "---|" * len(FLAGS.columns))
+    for name in FLAGS.models:
+        row = [c for c in cells if c.model == name]
+        accuracy = f"{float_accuracy[name]:.3f}" if name in float_accuracy else "-"
+        print(f"| {name} | {accuracy} | " + " | ".join(c.short() if c.works else "error" for c in row) + " |")
+
+
+def run_export_timing():
+    import cProfile
+    import pstats
+    import tempfile
+
+    import tflite_export
+
+    output = FLAGS.output or "benchmarks/results/zoo_export_timing.json"
+    data = zoo.data_for("MobileNetV2", PRETRAIN_TRAIN, 397)
+    start = time.perf_counter()
+    model = zoo.prune_and_quantize(zoo.build("MobileNetV2"), data, FLAGS.steps)
+    print(f"prune + QAT MobileNetV2 trained {FLAGS.steps} steps ({time.perf_counter() - start:.1f} s)", flush=True)
+    kwargs = dict(precision="int8", representative_data=data[0][:256], validation_data=(data[2], data[3]),
+                  latency_runs=0)
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "mobilenetv2_prune_qat_int8.tflite")
+        for i in range(FLAGS.timing_runs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = tflite_export.export(model, path, **kwargs)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            runs.append({"wall_seconds": wall, "cpu_seconds": cpu, "conversion_seconds": result.conversion_seconds,
+                         "other_seconds": wall - result.conversion_seconds, "bytes": result.bytes,
+                         "fully_integer": bool(result.report.fully_integer),
+                         "sparse_encoding": result.sparse_encoding,
+                         "calibration_samples": result.calibration_samples,
+                         "keras_accuracy": result.verification.keras_accuracy,
+                         "tflite_accuracy": result.verification.tflite_accuracy})
+            print(f"run {i + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU, conversion {result.conversion_seconds:.1f} s, "
+                  f"rest {wall - result.conversion_seconds:.1f} s; sparse encoding {result.sparse_encoding}",
+                  flush=True)
+        profile = None
+        if FLAGS.profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(tflite_export.export, model, path, **kwargs)
+            stats = pstats.Stats(profiler).sort_stats("cumulative")
+            stats.print_stats(40)
+            profile = [{"function": f"{f[0]}:{f[1]}({f[2]})", "calls": s[1], "cumulative_seconds": s[3]}
+                       for f, s in sorted(stats.stats.items(), key=lambda kv: -kv[1][3])[:40]]
+    median = {key: statistics.median(r[key] for r in runs)
+              for key in ("wall_seconds", "cpu_seconds", "conversion_seconds", "other_seconds")}
+    print()
+    print("| run | wall s | CPU s | conversion s | rest s |")
+    print("|---|---:|---:|---:|---:|")
+    for i, r in enumerate(runs, 1):
+        print(f"| {i} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['conversion_seconds']:.1f} | "
+              f"{r['other_seconds']:.1f} |")
+    print(f"| median | {median['wall_seconds']:.1f} | {median['cpu_seconds']:.1f} | "
+          f"{median['conversion_seconds']:.1f} | {median['other_seconds']:.1f} |")
+    print(f"goal: at most 60 s -> {'met' if median['wall_seconds'] <= 60 else 'not met'}")
+    write_json(output, run_record("zoo_export_timing", train_steps=FLAGS.steps, runs=runs, median=median,
+                                  goal_seconds=60, profile=profile))
 
 
 def main(argv):
     del argv
-    unknown = sorted(set(FLAGS.models) - set(zoo.MODELS)) + sorted(set(FLAGS.columns) - set(zoo.COLUMNS))
-    if unknown:
-        raise app.UsageError(f"unknown rows/columns {unknown}; rows: {list(zoo.MODELS)}, columns: {list(zoo.COLUMNS)}")
-    zoo.TRAIN_STEPS = FLAGS.steps
-    cells = []
-    total = len(FLAGS.models) * len(FLAGS.columns)
-    for name in FLAGS.models:
-        for column in FLAGS.columns:
-            cell = zoo.run_cell(name, column)
-            cells.append(cell)
-            status = cell.short() if cell.works else cell.error[:160]
-            print(f"[{len(cells)}/{total}] {name} / {column}: {status} ({cell.seconds:.1f} s)", flush=True)
-            # Written after every cell: a long run stopped halfway keeps what it measured.
-            write_json(FLAGS.output, run_record("zoo", cells=[vars(c) for c in cells], steps=FLAGS.steps))
-    print()
-    print("| model | " + " | ".join(FLAGS.columns) + " |")
-    print("|---|" + "---|" * len(FLAGS.columns))
-    for name in FLAGS.models:
-        row = [c for c in cells if c.model == name]
-        print(f"| {name} | " + " | ".join(c.short() if c.works else "error" for c in row) + " |")
+    if FLAGS.export_timing:
+        run_export_timing()
+    else:
+        run_matrix()
 
 
 if __name__ == "__main__":

@@ -154,13 +154,44 @@ def build(name, seed=0):
     }[name]()
 
 
-def data_for(name):
-    """The matrix row's (x_train, y_train, x_test, y_test)."""
+def data_for(name, n_train=256, n_test=64):
+    """The matrix row's (x_train, y_train, x_test, y_test); digits hold at most 1,400 / 397."""
     if name in APPLICATIONS:
-        return images()
+        return images(n_train, n_test)
     if name == "KeywordNet":
-        return signals()
-    return tokens()
+        return signals(n_train, n_test)
+    return tokens(n_train, n_test)
+
+
+def accuracy(model, data):
+    """Top-1 accuracy of `model`'s logits on the held-back part of `data`."""
+    return float(np.mean(model.predict(data[2], verbose=0).argmax(1) == data[3]))
+
+
+def pretrain(name, steps, data):
+    """Trains the row's float model once for `steps` batches of 32.
+
+    Arguments:
+        name: matrix row.
+        steps: training steps; several epochs when they outnumber one pass over `data`.
+        data: `(x_train, y_train, x_test, y_test)`.
+
+    Returns:
+        `(weights, test_accuracy)`: the trained weights for `trained_copy`, and the accuracy
+        the float model reaches on the held-back inputs.
+
+    Example:
+        weights, float_accuracy = pretrain("MobileNetV2", 300, data_for("MobileNetV2", 1400, 200))
+    """
+    model = _fit(build(name), data, steps=steps, compressed=False)
+    return model.get_weights(), accuracy(model, data)
+
+
+def trained_copy(name, weights):
+    """A fresh model of the row holding `pretrain`'s weights: each cell compresses its own copy."""
+    model = build(name)
+    model.set_weights(weights)
+    return model
 
 
 # ---- cells ---------------------------------------------------------------------------------------
@@ -176,11 +207,13 @@ class Cell:
     figures: dict
     error: str = ""
     seconds: float = 0.0
+    # Test accuracy of the float model a cell started from (None: fresh, trained in the cell).
+    float_accuracy: float = None
 
     def short(self):
         if not self.works:
             return "error"
-        keys = ("sparsity", "clusters", "agreement", "cosine", "bytes", "integer", "tpu_ops")
+        keys = ("sparsity", "clusters", "loss", "tflite_accuracy", "agreement", "cosine", "bytes", "integer", "tpu_ops")
         return ", ".join(f"{k}={_fmt(self.figures[k])}" for k in keys if k in self.figures) or "works"
 
 
@@ -199,14 +232,14 @@ def _compile(model):
     return model
 
 
-def _fit(model, data, epochs=1, batch_size=32, steps=None):
+def _fit(model, data, epochs=1, batch_size=32, steps=None, compressed=True):
     x, y = data[0], data[1]
     if steps:
         # More steps than one pass holds: several epochs over the training set.
         epochs = max(epochs, -(-steps * batch_size // len(x)))
         x, y = x[: steps * batch_size], y[: steps * batch_size]
-    _compile(model).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
-                        callbacks=[tfc.CompressionCallback(verbose=0)])
+    callbacks = [tfc.CompressionCallback(verbose=0)] if compressed else []
+    _compile(model).fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks)
     return model
 
 
@@ -237,7 +270,7 @@ def export_figures(model, precision, data, directory):
     import tflite_export
     from tflite_export.verification import run_flatbuffer
 
-    x_train, _, x_test, _ = data
+    x_train, _, x_test, y_test = data
     path = os.path.join(directory, f"{model.name}_{precision}.tflite")
     result = tflite_export.export(
         model, path, precision=precision, representative_data=x_train[:64], latency_runs=0,
@@ -252,6 +285,8 @@ def export_figures(model, precision, data, directory):
         "bytes": result.bytes,
         "agreement": float(np.mean(keras_logits.argmax(1) == tflite_logits.argmax(1))),
         "cosine": float(np.mean(cosine)),
+        "keras_accuracy": float(np.mean(keras_logits.argmax(1) == y_test)),
+        "tflite_accuracy": float(np.mean(tflite_logits.argmax(1) == y_test)),
         "integer": bool(result.report.fully_integer),
     }
     if result.edgetpu is not None:
@@ -276,6 +311,15 @@ def run_cell(name, column, model=None, data=None, directory=None):
         return Cell(name, column, False, {}, error=message, seconds=time.perf_counter() - start)
 
 
+def prune_and_quantize(model, data, steps):
+    """The prune + quantize cell's model: 50% pruning and QAT from halfway, in one fit of `steps` batches.
+
+    Returns:
+        The trained model, still wrapped (`tfc.strip` or `tflite_export.export` unwraps it).
+    """
+    return _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=steps)
+
+
 def _run(name, column, model, data, directory):
     fresh = model is None
     model = build(name) if fresh else model
@@ -286,7 +330,7 @@ def _run(name, column, model, data, directory):
         qat = _fit(tfc.quantize(model), data, steps=TRAIN_STEPS)
         return export_figures(tfc.strip(qat), "int8", data, directory)
     if column == "prune+quantize":
-        both = _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=TRAIN_STEPS)
+        both = prune_and_quantize(model, data, TRAIN_STEPS)
         figures = {"sparsity": _pruned_kernel_sparsity(both)}
         figures.update(export_figures(tfc.strip(both), "int8", data, directory))
         return figures
