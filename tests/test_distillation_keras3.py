@@ -2,12 +2,9 @@
 
 One Distiller for both generations: Keras 3 models get a Keras 3 model whose
 `compute_loss` uses `keras.ops` only, so the same class trains on TensorFlow
-and on JAX (in a fresh interpreter: a process has one backend), with a student
-pruned by `tfc.prune` and every schedule driven by `tfc.CompressionCallback`.
+and on JAX (test_jax_backend.py: a fresh interpreter, a process has one backend),
+with a student pruned by `tfc.prune` and every schedule driven by `tfc.CompressionCallback`.
 """
-
-import importlib.util
-import json
 
 import keras
 import numpy as np
@@ -16,7 +13,6 @@ import tf_keras
 from scipy.special import log_softmax, softmax
 
 import tfcompress as tfc
-from fresh_process import run
 from test_keras3 import compiled
 from tfcompress.demo import load_digits
 from tfcompress.distillation import FeatureDistillation, Keras3Distiller, LinearSchedule, LogitsDistillation
@@ -200,47 +196,3 @@ def test_mixed_generations_name_the_fix(teacher):
         tfc.Distiller(teacher=teacher, student=mlp(width=64), distillation_losses=[
             FeatureDistillation(loss=tf_keras.losses.MeanSquaredError(), teacher_layer_name="hidden2")])
 
-
-_JAX_SCRIPT = """
-import json, os, sys
-os.environ["KERAS_BACKEND"] = "jax"
-# One XLA thread: a model this small gains nothing from more, and the suite shares two cores.
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-sys.path.insert(0, TESTS_DIR)
-import numpy as np
-import keras
-import tfcompress as tfc
-from tfcompress.demo import load_digits
-from test_distillation_keras3 import accuracy, compiled, pruned_student, sparsity
-(x, y), (x_test, y_test) = load_digits()
-teacher = keras.models.load_model(TEACHER_PATH)
-student = pruned_student()
-distiller = compiled(tfc.Distiller(teacher=teacher, student=student, alpha=0.3,
-                                   temperature=tfc.distillation.LinearSchedule(3.0, 1.5)), learning_rate=1e-2)
-history = distiller.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-print("RESULT " + json.dumps({
-    "backend": keras.backend.backend(),
-    "class": type(distiller).__name__,
-    "history": {key: [float(v) for v in values] for key, values in history.history.items()},
-    "sparsity": {name: sparsity(student.get_layer(name).kernel) for name in ("hidden1", "hidden2", "logits")},
-    "accuracy": accuracy(student, x_test, y_test),
-}))
-"""
-
-
-@pytest.mark.slow  # a fresh interpreter
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install 'jax[cpu]')")
-def test_jax_backend_distills_a_pruned_student_with_a_schedule(teacher, tmp_path):
-    path = tmp_path / "teacher.keras"
-    teacher.save(path)
-    result = run(_JAX_SCRIPT, TEACHER_PATH=json.dumps(str(path)))
-    assert result["backend"] == "jax" and result["class"] == "Keras3Distiller"
-    history = result["history"]
-    # Values computed inside the jitted step from its own step count: the schedule moves on JAX too.
-    assert history["temperature"] == pytest.approx([3.0 - 1.5 * (22 * e - 1) / 66 for e in range(1, 4)], abs=1e-4)
-    # A mask frozen into the jitted step would stall below the target.
-    for name, value in result["sparsity"].items():
-        assert value == pytest.approx(0.8, abs=0.01), name
-    assert history["sparsity"][-1] == pytest.approx(0.8, abs=0.005)
-    assert history["distillation_loss"][-1] < 0.5 * history["distillation_loss"][0]
-    assert result["accuracy"] > 0.9

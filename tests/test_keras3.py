@@ -2,11 +2,9 @@
 
 Real Keras 3 models trained on scikit-learn's digits. No wrapper layers: each
 kernel carries a tfcompress constraint that the optimizer applies after every
-step. The JAX backend runs in a fresh interpreter (a process has one backend).
+step. The JAX backend and the backends refused are tested in test_jax_backend.py
+(a fresh interpreter: a process has one backend).
 """
-
-import importlib.util
-import json
 
 import keras
 import numpy as np
@@ -14,7 +12,6 @@ import pytest
 import tf_keras
 
 import tfcompress as tfc
-from fresh_process import run
 from tfcompress.clustering.constraints import ClusterCentroids
 from tfcompress.demo import load_digits
 from tfcompress.pruning.constraints import PruningMask
@@ -262,64 +259,3 @@ def test_mixed_generations_are_refused_with_the_fix(data):
     with pytest.raises(TypeError, match=r"tfc.CompressionCallback got a Keras 3 model.*tf_keras"):
         model.fit(x[:64], np.zeros((64, 8)), epochs=1, verbose=0, callbacks=[tfc.CompressionCallback()])
 
-
-_BACKEND_SCRIPT = """
-import json, os, sys, tempfile, warnings
-os.environ["KERAS_BACKEND"] = CHOSEN_BACKEND
-sys.path.insert(0, TESTS_DIR)
-import numpy as np
-import keras
-import tfcompress as tfc
-from tfcompress.demo import load_digits
-from test_keras3 import cnn, compiled, kernels, sparsity
-(x, y), (x_test, y_test) = load_digits()
-result = {"backend": keras.backend.backend()}
-if CHOSEN_BACKEND != "jax":
-    try:
-        tfc.prune(cnn(), 0.8)
-    except RuntimeError as error:
-        result["error"] = str(error)
-    print("RESULT " + json.dumps(result))
-    sys.exit(0)
-pruned = compiled(tfc.prune(cnn(), 0.8))
-checkpoint = os.path.join(tempfile.mkdtemp(), "mid_epoch.keras")
-history = pruned.fit(
-    x, y, epochs=3, batch_size=32, verbose=0,
-    callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, save_freq=50), tfc.CompressionCallback(verbose=0)],
-)
-result["sparsity"] = {name: sparsity(k) for name, k in kernels(pruned).items()}
-result["history"] = history.history["sparsity"]
-result["pruned_accuracy"] = float(pruned.evaluate(x_test, y_test, verbose=0)[1])
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    loaded = tfc.load_model(checkpoint)
-result["checkpoint_step"] = int(loaded.optimizer.iterations.numpy())
-result["load_warnings"] = [str(w.message) for w in caught if "optimizer" in str(w.message)]
-clustered = compiled(tfc.cluster(cnn(), clusters=16, begin=0.3))
-clustered.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-result["values"] = {name: int(np.unique(k.numpy()).size) for name, k in kernels(clustered).items()}
-result["clustered_accuracy"] = float(clustered.evaluate(x_test, y_test, verbose=0)[1])
-print("RESULT " + json.dumps(result))
-"""
-
-
-@pytest.mark.slow  # a fresh interpreter
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install 'jax[cpu]')")
-def test_jax_backend_prunes_and_clusters():
-    result = run(_BACKEND_SCRIPT, CHOSEN_BACKEND=json.dumps("jax"))
-    assert result["backend"] == "jax"
-    # A mask frozen into the jitted step would stall well below the target.
-    for name, value in result["sparsity"].items():
-        assert value == pytest.approx(0.8, abs=0.01), name
-    assert result["history"][-1] == pytest.approx(0.8, abs=0.005)
-    assert result["values"] == {"conv1": 16, "conv2": 16, "dense": 16, "logits": 16}
-    assert result["pruned_accuracy"] > 0.85 and result["clustered_accuracy"] > 0.85
-    # A mid-epoch checkpoint (masks listed with the optimizer's variables) keeps its optimizer state.
-    assert result["checkpoint_step"] == 100 and result["load_warnings"] == []
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_other_backends_get_a_clear_error():
-    result = run(_BACKEND_SCRIPT, CHOSEN_BACKEND=json.dumps("numpy"))
-    assert result["backend"] == "numpy"
-    assert "TensorFlow and JAX backends" in result["error"] and "KERAS_BACKEND" in result["error"]

@@ -1,7 +1,8 @@
 """Keras 3 quantization-aware training: tfc.quantize on `import keras` models, and their fully int8 export.
 
 Real Keras 3 models on scikit-learn's digits, the real TFLite converter and
-LiteRT. The JAX backend runs in a fresh interpreter (a process has one backend).
+LiteRT. The JAX backend is tested in test_jax_backend.py (a fresh interpreter:
+a process has one backend).
 """
 
 import keras
@@ -11,7 +12,6 @@ from ai_edge_litert.interpreter import Interpreter
 
 import tfcompress as tfc
 import tflite_export
-from fresh_process import run
 from litert_helpers import int8_kernels, litert_predict
 from tfcompress.demo import load_digits
 from tfcompress.quantization.keras3_layers import ActivationQuantizer, QuantConv2D, QuantDense, QuantDepthwiseConv2D
@@ -163,47 +163,3 @@ def test_layers_qat_cannot_rewrite_are_listed_at_once_and_float_keeps_them(data)
     with pytest.raises(RuntimeError, match="CompressionCallback"):
         compiled(tfc.quantize(model, layers=["conv"])).fit(data[0][:64], data[1][:64], epochs=1, verbose=0)
 
-
-JAX_SCRIPT = """
-import json, os, sys
-os.environ["KERAS_BACKEND"] = "jax"
-import keras, numpy as np
-import tfcompress as tfc, tflite_export
-from tfcompress.demo import load_digits
-(x, y), (xt, yt) = load_digits()
-keras.utils.set_random_seed(0)
-inputs = keras.Input((8, 8, 1))
-h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
-h = keras.layers.BatchNormalization(momentum=0.9)(h)
-h = keras.layers.ReLU()(h)
-h = keras.layers.Flatten()(h)
-model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-qat = tfc.quantize(tfc.cluster(model, clusters=8, begin=0.5, layers=[keras.layers.Dense]), start=0.5)
-qat.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-result = tflite_export.export(qat, OUT, precision="int8", latency_runs=0)
-print("RESULT " + json.dumps({
-    "backend": keras.backend.backend(),
-    "steps": [float(layer.qat_step.numpy()) for layer in qat.layers if hasattr(layer, "qat_step")],
-    "values": len(np.unique(qat.get_layer("logits").kernel.numpy())),
-    "keras": float(np.mean(np.argmax(np.asarray(qat(xt)), -1) == yt)),
-    "quantization_aware": result.quantization_aware,
-}))
-"""
-
-
-@pytest.mark.slow  # two fresh interpreters: JAX for training, TensorFlow for the export
-def test_jax_backend_trains_qat_with_clusters_and_exports_through_a_tensorflow_reload(data, tmp_path):
-    _, _, x_test, y_test = data
-    out = tmp_path / "jax.tflite"
-    found = run(JAX_SCRIPT, OUT=repr(str(out)))
-    assert found["backend"] == "jax" and found["quantization_aware"]
-    assert found["steps"] and all(step == 22 for step in found["steps"])  # counted inside the jitted step
-    assert found["values"] == 8
-    content = out.read_bytes()
-    floats = [t["name"] for t in litert_tensors(content) if t["dtype"] == np.float32]
-    assert len(floats) == 2  # the float input and output only
-    litert = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
-    assert found["keras"] > 0.8 and abs(litert - found["keras"]) <= 0.005
-    (logits,) = [k for k in int8_kernels(content) if k.shape == (10, 288)]
-    assert len(np.unique(logits)) <= 8  # the shared values, as int8 on LiteRT

@@ -1,0 +1,206 @@
+"""Keras 3 on JAX: pruning, clustering, distillation and QAT in one fresh interpreter; other backends refused.
+
+A process has one Keras backend and pytest's runs TensorFlow, so these run in a
+fresh interpreter with KERAS_BACKEND=jax. Starting one costs seconds of
+TensorFlow and JAX imports, so one interpreter runs every part once per session
+and prints a section per part; each test asserts on its own section. The part
+that fails records its traceback and fails only its own test. Last, the same
+interpreter imports Keras again on the numpy backend (`keras.config.set_backend`)
+and tfcompress after it, and asks tfcompress to prune there.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from fresh_process import run
+from litert_helpers import int8_kernels, litert_predict
+from test_keras3_quantization import litert_tensors
+
+HAS_JAX = importlib.util.find_spec("jax") is not None
+needs_jax = pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (pip install 'jax[cpu]')")
+
+_SCRIPT = """
+import json, os, sys, traceback, warnings
+os.environ["KERAS_BACKEND"] = "jax" if RUN_JAX else "numpy"
+# One XLA thread: models this small gain nothing from more, and the suite shares two cores.
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+sys.path.insert(0, TESTS_DIR)
+import numpy as np
+import keras
+import tfcompress as tfc
+from tfcompress.demo import load_digits
+(x, y), (x_test, y_test) = load_digits()
+
+
+def prune_and_cluster():
+    from test_keras3 import cnn, compiled, kernels, sparsity
+    result = {"backend": keras.backend.backend()}
+    pruned = compiled(tfc.prune(cnn(), 0.8))
+    checkpoint = os.path.join(WORK_DIR, "mid_epoch.keras")
+    history = pruned.fit(
+        x, y, epochs=3, batch_size=32, verbose=0,
+        callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, save_freq=50), tfc.CompressionCallback(verbose=0)],
+    )
+    result["sparsity"] = {name: sparsity(k) for name, k in kernels(pruned).items()}
+    result["history"] = history.history["sparsity"]
+    result["pruned_accuracy"] = float(pruned.evaluate(x_test, y_test, verbose=0)[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = tfc.load_model(checkpoint)
+    result["checkpoint_step"] = int(loaded.optimizer.iterations.numpy())
+    result["load_warnings"] = [str(w.message) for w in caught if "optimizer" in str(w.message)]
+    clustered = compiled(tfc.cluster(cnn(), clusters=16, begin=0.3))
+    clustered.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result["values"] = {name: int(np.unique(k.numpy()).size) for name, k in kernels(clustered).items()}
+    result["clustered_accuracy"] = float(clustered.evaluate(x_test, y_test, verbose=0)[1])
+    return result
+
+
+def distill():
+    from test_distillation_keras3 import accuracy, compiled, mlp, pruned_student, sparsity
+    # The teacher of test_distillation_keras3, trained here on JAX: cheaper than saving and loading one.
+    teacher = compiled(mlp(seed=0, width=64))
+    teacher.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    student = pruned_student()
+    distiller = compiled(tfc.Distiller(teacher=teacher, student=student, alpha=0.3,
+                                       temperature=tfc.distillation.LinearSchedule(3.0, 1.5)), learning_rate=1e-2)
+    history = distiller.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    return {
+        "backend": keras.backend.backend(),
+        "class": type(distiller).__name__,
+        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "sparsity": {name: sparsity(student.get_layer(name).kernel) for name in ("hidden1", "hidden2", "logits")},
+        "accuracy": accuracy(student, x_test, y_test),
+    }
+
+
+def quantize_cluster_and_export():
+    import tflite_export
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.9)(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = tfc.quantize(tfc.cluster(model, clusters=8, begin=0.5, layers=[keras.layers.Dense]), start=0.5)
+    qat.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    path = os.path.join(WORK_DIR, "jax.tflite")
+    exported = tflite_export.export(qat, path, precision="int8", latency_runs=0)
+    return {
+        "backend": keras.backend.backend(),
+        "path": path,
+        "steps": [float(layer.qat_step.numpy()) for layer in qat.layers if hasattr(layer, "qat_step")],
+        "values": len(np.unique(qat.get_layer("logits").kernel.numpy())),
+        "keras": float(np.mean(np.argmax(np.asarray(qat(x_test)), -1) == y_test)),
+        "quantization_aware": exported.quantization_aware,
+    }
+
+
+def prune_on_numpy():
+    import keras
+    import tfcompress as tfc
+    from test_keras3 import cnn
+    try:
+        tfc.prune(cnn(), 0.8)
+    except RuntimeError as error:
+        return {"backend": keras.backend.backend(), "error": str(error)}
+    return {"backend": keras.backend.backend(), "error": ""}
+
+
+sections = {}
+
+
+def record(name, part):
+    try:
+        sections[name] = part()
+    except Exception:
+        sections[name] = {"traceback": traceback.format_exc()}
+
+
+if RUN_JAX:
+    record("prune_and_cluster", prune_and_cluster)
+    record("distill", distill)
+    record("quantize_cluster_and_export", quantize_cluster_and_export)
+    # Keras imports itself again on numpy; tfcompress and the test modules follow, as in a numpy process.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.config.set_backend("numpy")
+    for name in [name for name in sys.modules if name.split(".")[0] in ("tfcompress", "tflite_export", "test_keras3")]:
+        del sys.modules[name]
+record("numpy", prune_on_numpy)
+print("RESULT " + json.dumps(sections))
+"""
+
+
+@pytest.fixture(scope="module")
+def sections(tmp_path_factory):
+    """`{part: result}` from the one fresh interpreter; a part that raised holds its `traceback`."""
+    directory = tmp_path_factory.mktemp("jax_backend")
+    return run(_SCRIPT, timeout=600, RUN_JAX=HAS_JAX, WORK_DIR=repr(str(directory)))
+
+
+def section(sections, name):
+    """The part's result; fails the test with the part's traceback if it raised."""
+    result = sections[name]
+    assert "traceback" not in result, result.get("traceback")
+    return result
+
+
+@pytest.mark.slow  # a fresh interpreter
+@needs_jax
+def test_jax_backend_prunes_and_clusters(sections):
+    result = section(sections, "prune_and_cluster")
+    assert result["backend"] == "jax"
+    # A mask frozen into the jitted step would stall well below the target.
+    for name, value in result["sparsity"].items():
+        assert value == pytest.approx(0.8, abs=0.01), name
+    assert result["history"][-1] == pytest.approx(0.8, abs=0.005)
+    assert result["values"] == {"conv1": 16, "conv2": 16, "dense": 16, "logits": 16}
+    assert result["pruned_accuracy"] > 0.85 and result["clustered_accuracy"] > 0.85
+    # A mid-epoch checkpoint (masks listed with the optimizer's variables) keeps its optimizer state.
+    assert result["checkpoint_step"] == 100 and result["load_warnings"] == []
+
+
+@pytest.mark.slow  # a fresh interpreter
+@needs_jax
+def test_jax_backend_distills_a_pruned_student_with_a_schedule(sections):
+    result = section(sections, "distill")
+    assert result["backend"] == "jax" and result["class"] == "Keras3Distiller"
+    history = result["history"]
+    # Values computed inside the jitted step from its own step count: the schedule moves on JAX too.
+    assert history["temperature"] == pytest.approx([3.0 - 1.5 * (22 * e - 1) / 66 for e in range(1, 4)], abs=1e-4)
+    # A mask frozen into the jitted step would stall below the target.
+    for name, value in result["sparsity"].items():
+        assert value == pytest.approx(0.8, abs=0.01), name
+    assert history["sparsity"][-1] == pytest.approx(0.8, abs=0.005)
+    assert history["distillation_loss"][-1] < 0.5 * history["distillation_loss"][0]
+    assert result["accuracy"] > 0.9
+
+
+@pytest.mark.slow  # two fresh interpreters: JAX for training, TensorFlow for the export
+@needs_jax
+def test_jax_backend_trains_qat_with_clusters_and_exports_through_a_tensorflow_reload(sections, digits):
+    _, _, x_test, y_test = digits
+    found = section(sections, "quantize_cluster_and_export")
+    assert found["backend"] == "jax" and found["quantization_aware"]
+    assert found["steps"] and all(step == 22 for step in found["steps"])  # counted inside the jitted step
+    assert found["values"] == 8
+    with open(found["path"], "rb") as file:
+        content = file.read()
+    floats = [t["name"] for t in litert_tensors(content) if t["dtype"] == np.float32]
+    assert len(floats) == 2  # the float input and output only
+    litert = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
+    assert found["keras"] > 0.8 and abs(litert - found["keras"]) <= 0.005
+    (logits,) = [k for k in int8_kernels(content) if k.shape == (10, 288)]
+    assert len(np.unique(logits)) <= 8  # the shared values, as int8 on LiteRT
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_other_backends_get_a_clear_error(sections):
+    result = section(sections, "numpy")
+    assert result["backend"] == "numpy"
+    assert "TensorFlow and JAX backends" in result["error"] and "KERAS_BACKEND" in result["error"]
