@@ -67,3 +67,36 @@ def test_export_uses_the_sparse_encoding_only_when_smaller_after_gzip_and_it_run
     assert int8.report.nonzero_weights <= nonzero and int8.bits_per_nonzero < 0.5 * dense.bits_per_nonzero
     data = json.loads(int8.to_json())
     assert data["dense_gzip_bytes"] == int8.dense_gzip_bytes and data["bits_per_nonzero"] == int8.bits_per_nonzero
+
+
+def test_strip_names_drops_intermediate_tensor_names_and_keeps_what_apps_read(pruned_90, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflite_export.flatbuffer import parse_flatbuffer
+
+    x, _, x_test, y_test = digits
+    kwargs = dict(precision="int8", representative_data=x[:64], sparse=False, latency_runs=0)
+    named = tflite_export.export(pruned_90, tmp_path / "named.tflite", **kwargs)
+    stripped = tflite_export.export(pruned_90, tmp_path / "stripped.tflite", strip_names=True,
+                                    validation_data=(x_test, y_test), **kwargs)
+    before = parse_flatbuffer((tmp_path / "named.tflite").read_bytes())
+    after = parse_flatbuffer((tmp_path / "stripped.tflite").read_bytes())
+    boundary = set(before.inputs) | set(before.outputs)
+    assert [t.name for t in after.tensors if t.index in boundary] == [
+        t.name for t in before.tensors if t.index in boundary] != [""]
+    assert all(t.name == "" for t in after.tensors if t.index not in boundary)
+    dropped = sum(len(t.name) for t in before.tensors if t.index not in boundary)
+    assert stripped.names_dropped == dropped > 0 and stripped.bytes < named.bytes
+    assert stripped.gzip_bytes < named.gzip_bytes and any("tensor names" in note for note in stripped.notes)
+    assert f"{dropped:,} B of intermediate names dropped" in str(stripped)
+    assert after.op_counts() == before.op_counts() and stripped.verification.samples == len(x_test)
+
+    # Apps find the model's signature by its keys; it computes exactly what the named file does.
+    outputs = []
+    for name in ("named", "stripped"):
+        interpreter = Interpreter(model_path=str(tmp_path / f"{name}.tflite"))
+        runner = interpreter.get_signature_runner()
+        (input_key,) = interpreter.get_signature_list()["serving_default"]["inputs"]
+        outputs.append(np.concatenate([next(iter(runner(**{input_key: x_test[i:i + 1]}).values()))
+                                       for i in range(32)]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -105,6 +105,8 @@ def build_parser():
     _flag(export, "io_dtype", choices=("float32", "int8", "uint8", "int16"), help="input/output type.")
     _flag(export, "sparse", choices=("auto", "on", "off"), default="auto",
           help="sparse encoding of pruned weights.")
+    _flag(export, "strip_names", action="store_true",
+          help="drop intermediate tensor names (a smaller download; inputs, outputs and signatures keep theirs).")
     _flag(export, "name", help="Android metadata model name (enables metadata).")
     _flag(export, "description", default="", help="Android metadata description.")
     _flag(export, "labels", help="text file with one class label per line (Android metadata).")
@@ -204,7 +206,7 @@ def _export(args):
         model, output, precision=args.precision, representative_data=calibration,
         validation_data=validation, max_calibration_samples=args.max_calibration_samples,
         io_dtype=args.io_dtype, sparse={"auto": "auto", "on": True, "off": False}[args.sparse],
-        metadata=metadata, num_threads=args.threads, latency_runs=args.latency_runs,
+        strip_names=args.strip_names, metadata=metadata, num_threads=args.threads, latency_runs=args.latency_runs,
         min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
     )
     if result.edgetpu is not None and not args.json:

@@ -19,6 +19,7 @@ from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
 from tflite_export.float_twin import float_twin
 from tflite_export.inspection import gzip_size, report_from_bytes, runs_on_litert
 from tflite_export.metadata import embed_metadata
+from tflite_export.names import drop_tensor_names
 from tflite_export.representative import as_converter_dataset, collect_samples
 from tflite_export.result import ExportResult
 from tflite_export.verification import compare, variable_tensors
@@ -519,7 +520,7 @@ def _validation_arrays(validation_data):
 
 
 def export(model, path, precision="fp32", representative_data=None, validation_data=None, *,
-           max_calibration_samples=256, io_dtype=None, sparse="auto", metadata=None,
+           max_calibration_samples=256, io_dtype=None, sparse="auto", strip_names=False, metadata=None,
            num_threads=1, latency_runs=100, min_accuracy=None, max_accuracy_drop=None,
            custom_objects=None, verbose=False):
     """Converts a tf_keras model to a `.tflite` file, verifies it on LiteRT, writes it atomically.
@@ -561,6 +562,10 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
         sparse: `"auto"` (sparse encoding when >= 50% of kernel weights are zero, the sparse file
             is smaller after gzip, and LiteRT's default runtime invokes it), `True` (always when
             sparse), `False` (never). `result.sparse_encoding` says which was used and why.
+        strip_names: drop the names of intermediate tensors (the converter's layer paths),
+            which no runtime reads: a few percent of a small compressed model's download.
+            Input and output names and signatures stay; `tfcompress inspect` and Netron then
+            show the intermediate tensors unnamed. `result.names_dropped` counts the bytes.
         metadata: optional dict of Android metadata for `embed_metadata` (name, description,
             labels, mean, std, ...).
         num_threads: LiteRT threads for the latency measurement.
@@ -601,13 +606,13 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
     if on_jax(model):  # the converter reads TensorFlow graphs: reload the model on the TF backend
         return export_through_tensorflow(model, path, dict(
             precision=precision, representative_data=representative_data, validation_data=validation_data,
-            max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse, metadata=metadata,
-            num_threads=num_threads, latency_runs=latency_runs, min_accuracy=min_accuracy,
+            max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
+            strip_names=strip_names, metadata=metadata, num_threads=num_threads, latency_runs=latency_runs, min_accuracy=min_accuracy,
             max_accuracy_drop=max_accuracy_drop, verbose=verbose))
     with quiet(verbose):
         result = _export(model, path, precision, representative_data, validation_data,
                          max_calibration_samples=max_calibration_samples, io_dtype=io_dtype, sparse=sparse,
-                         metadata=metadata, num_threads=num_threads, latency_runs=latency_runs,
+                         strip_names=strip_names, metadata=metadata, num_threads=num_threads, latency_runs=latency_runs,
                          min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
                          custom_objects=custom_objects)
     if result.edgetpu is not None and not result.edgetpu_fully_mapped:
@@ -617,7 +622,7 @@ def export(model, path, precision="fp32", representative_data=None, validation_d
 
 
 def _export(model, path, precision, representative_data, validation_data, *, max_calibration_samples,
-            io_dtype, sparse, metadata, num_threads, latency_runs, min_accuracy, max_accuracy_drop,
+            io_dtype, sparse, strip_names, metadata, num_threads, latency_runs, min_accuracy, max_accuracy_drop,
             custom_objects):
     """`export` after its arguments were checked, inside one `quiet` block."""
     if isinstance(model, (str, os.PathLike)):
@@ -720,6 +725,10 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         edgetpu = mapping_report(content, path)
         if not edgetpu.fully_mapped:
             notes.append(_partial_mapping_message(edgetpu))
+    names_dropped = 0
+    if strip_names:
+        content, names_dropped = drop_tensor_names(content)
+        notes.append(f"dropped {names_dropped:,} bytes of intermediate tensor names (strip_names=True)")
     if metadata:
         content = embed_metadata(content, **metadata)
 
@@ -746,7 +755,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         calibration_samples=0 if samples is None else len(samples), stripped=stripped,
         quantization_aware=qat, sparse_encoding=sparse_state, dense_bytes=dense_bytes,
         sparse_bytes=sparse_bytes, dense_gzip_bytes=dense_gzip_bytes, sparse_gzip_bytes=sparse_gzip_bytes,
-        conversion_seconds=conversion_seconds, notes=notes,
+        conversion_seconds=conversion_seconds, notes=notes, names_dropped=names_dropped,
         fixed_batch=None if batch < 0 else int(batch), unrolled=unrolled, float32_copy=bool(half),
     )
 

@@ -258,6 +258,7 @@ class ExportResult:
             variant included when tried, and for a recurrent model calibrated, the FP32
             conversion that checks its graph for loops; verification not).
         notes: human-readable log of decisions taken during the export.
+        names_dropped: bytes of intermediate tensor names dropped (`strip_names=True`), else 0.
         fixed_batch: the batch size the file's input is fixed to (1 for the Edge TPU and for
             models with recurrent layers, which convert only from a fixed-batch signature),
             None when the batch axis is dynamic.
@@ -286,6 +287,7 @@ class ExportResult:
     sparse_gzip_bytes: int = None
     notes: list = field(default_factory=list)
     conversion_seconds: float = None
+    names_dropped: int = 0
     fixed_batch: int = None
     unrolled: list = field(default_factory=list)
     float32_copy: bool = False
@@ -342,7 +344,7 @@ class ExportResult:
             "sparse_bytes": self.sparse_bytes, "dense_gzip_bytes": self.dense_gzip_bytes,
             "sparse_gzip_bytes": self.sparse_gzip_bytes, "bits_per_nonzero": self.bits_per_nonzero,
             "index_bits_per_nonzero": self.index_bits_per_nonzero, "conversion_seconds": self.conversion_seconds,
-            "fixed_batch": self.fixed_batch, "unrolled": self.unrolled, "float32_copy": self.float32_copy,
+            "names_dropped": self.names_dropped, "fixed_batch": self.fixed_batch, "unrolled": self.unrolled, "float32_copy": self.float32_copy,
             "edgetpu_fully_mapped": self.edgetpu_fully_mapped, "first_cpu_op": self.first_cpu_op,
             "notes": self.notes,
             "model": self.report.to_dict(),
@@ -376,6 +378,7 @@ class ExportResult:
              if self.float32_copy else None),
             ("fixed batch", self.fixed_batch),
             ("unrolled", f"{', '.join(self.unrolled)} (for calibration)" if self.unrolled else None),
+            ("tensor names", f"{self.names_dropped:,} B of intermediate names dropped" if self.names_dropped else None),
             ("conversion time", None if self.conversion_seconds is None else f"{self.conversion_seconds:.2f} s"),
         ]
         if self.verification:
