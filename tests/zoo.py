@@ -154,10 +154,19 @@ def build(name, seed=0):
     }[name]()
 
 
+# Nets that rescale their input themselves (a Rescaling layer first) and so expect pixels in [0, 255]:
+# fed [0, 1], MobileNetV3's Rescaling(1/127.5, offset=-1) squeezes a digit into [-1, -0.98], which
+# an int8 input scale spanning [-1, 0] resolves in four steps.
+RESCALE_INSIDE = ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0")
+
+
 def data_for(name, n_train=256, n_test=64):
     """The matrix row's (x_train, y_train, x_test, y_test); digits hold at most 1,400 / 397."""
     if name in APPLICATIONS:
-        return images(n_train, n_test)
+        x_train, y_train, x_test, y_test = images(n_train, n_test)
+        if name in RESCALE_INSIDE:
+            x_train, x_test = 255.0 * x_train, 255.0 * x_test
+        return x_train, y_train, x_test, y_test
     if name == "KeywordNet":
         return signals(n_train, n_test)
     return tokens(n_train, n_test)
