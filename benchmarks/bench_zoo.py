@@ -55,6 +55,7 @@ flags.DEFINE_integer("pretrain_steps", 300, "Steps (batches of 32) training each
 flags.DEFINE_bool("merge", False, "Keep the cells of other rows/columns already in the output file.")
 flags.DEFINE_bool("export_timing", False, "Time the prune + QAT MobileNetV2 int8 export instead of the matrix.")
 flags.DEFINE_integer("timing_runs", 3, "Timed exports with --export_timing (the median is reported).")
+flags.DEFINE_bool("table", False, "Print the matrix of every cell in the output file (docs/coverage.md's) and run nothing.")
 flags.DEFINE_bool("profile", False, "With --export_timing: cProfile one more export and print its top costs.")
 FLAGS = flags.FLAGS
 
@@ -70,6 +71,42 @@ def previous_cells(path):
         record = json.load(f)
     defaults = {"steps": record.get("steps"), "pretrain_steps": 0, "date": record.get("date")}
     return [{**defaults, **cell} for cell in record.get("cells", [])]
+
+
+def cell_text(cell):
+    """One matrix cell for docs/coverage.md: its figures, or E and its error's type."""
+    if not cell["works"]:
+        return f"E ({cell['error'].split(':')[0]})"
+    f = cell["figures"]
+    parts = []
+    if "sparsity" in f:
+        parts.append(f"{f['sparsity']:.2f} zeros")
+    if "clusters" in f:
+        parts.append(f"{f['clusters']} values")
+    if "loss" in f:
+        parts.append(f"loss {f['loss']:.2f}")
+    if "agreement" in f:
+        if f.get("integer") and cell["column"] not in ("fp32", "fp16", "dynamic"):
+            parts.append("full int8")
+        parts.append(f"acc {f['keras_accuracy']:.3f} -> {f['tflite_accuracy']:.3f}" if "keras_accuracy" in f else "")
+        parts.append(f"agr {f['agreement']:.3f}, cos {f['cosine']:.3f}")
+    if "tpu_ops" in f:
+        parts.append(f"{f['tpu_ops']} ops on the TPU")
+    return "M " + ", ".join(p for p in parts if p)
+
+
+def print_table(cells):
+    """The matrix of `cells` (dicts as in zoo.json): rows in zoo.MODELS order, every column."""
+    by_key = {(c["model"], c["column"]): c for c in cells}
+    print("| model | float acc | " + " | ".join(zoo.COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(zoo.COLUMNS))
+    for name in zoo.MODELS:
+        row = [by_key.get((name, column)) for column in zoo.COLUMNS]
+        if not any(row):
+            continue
+        accuracy = next((c["float_accuracy"] for c in row if c and c.get("float_accuracy") is not None), None)
+        print(f"| {name} | {'-' if accuracy is None else f'{accuracy:.3f}'} | "
+              + " | ".join(cell_text(c) if c else "—" for c in row) + " |")
 
 
 def run_matrix():
@@ -171,7 +208,9 @@ def run_export_timing():
 
 def main(argv):
     del argv
-    if FLAGS.export_timing:
+    if FLAGS.table:
+        print_table(previous_cells(FLAGS.output or "benchmarks/results/zoo.json"))
+    elif FLAGS.export_timing:
         run_export_timing()
     else:
         run_matrix()
