@@ -3,6 +3,7 @@
     python benchmarks/bench_zoo.py [--models MobileNetV2,KeywordNet] [--columns prune,int8]
                                    [--pretrain_steps 300] [--steps 40] [--merge]
     python benchmarks/bench_zoo.py --export_timing      # prune + QAT MobileNetV2 int8 export, timed
+    python benchmarks/bench_zoo.py --table              # the matrix of every cell in zoo.json
 
 Rows are tiny versions of tf_keras.applications nets (weights=None, 32x32x3), a
 DS-CNN keyword spotter (Conv1D, SeparableConv1D), Embedding + LSTM/GRU text
@@ -55,6 +56,8 @@ flags.DEFINE_integer("pretrain_steps", 300, "Steps (batches of 32) training each
 flags.DEFINE_bool("merge", False, "Keep the cells of other rows/columns already in the output file.")
 flags.DEFINE_bool("export_timing", False, "Time the prune + QAT MobileNetV2 int8 export instead of the matrix.")
 flags.DEFINE_integer("timing_runs", 3, "Timed exports with --export_timing (the median is reported).")
+flags.DEFINE_list("merge_from", [], "Merge the cells of these zoo JSON files (runs written elsewhere) into the "
+                  "output file, replacing the same (row, column), and run nothing.")
 flags.DEFINE_bool("table", False, "Print the matrix of every cell in the output file (docs/coverage.md's) and run nothing.")
 flags.DEFINE_bool("profile", False, "With --export_timing: cProfile one more export and print its top costs.")
 FLAGS = flags.FLAGS
@@ -107,6 +110,16 @@ def print_table(cells):
         accuracy = next((c["float_accuracy"] for c in row if c and c.get("float_accuracy") is not None), None)
         print(f"| {name} | {'-' if accuracy is None else f'{accuracy:.3f}'} | "
               + " | ".join(cell_text(c) if c else "—" for c in row) + " |")
+
+
+def merge_files(sources, output):
+    """Writes `output` with its cells and those of `sources`, a later file's cell replacing an earlier one's."""
+    merged = {}
+    for path in [output, *sources]:
+        merged.update({(c["model"], c["column"]): c for c in previous_cells(path)})
+    order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in zoo.MODELS for c in zoo.COLUMNS)}
+    cells = sorted(merged.values(), key=lambda c: order[(c["model"], c["column"])])
+    write_json(output, run_record("zoo", cells=cells, merged_from=list(sources)))
 
 
 def run_matrix():
@@ -208,7 +221,9 @@ def run_export_timing():
 
 def main(argv):
     del argv
-    if FLAGS.table:
+    if FLAGS.merge_from:
+        merge_files(FLAGS.merge_from, FLAGS.output or "benchmarks/results/zoo.json")
+    elif FLAGS.table:
         print_table(previous_cells(FLAGS.output or "benchmarks/results/zoo.json"))
     elif FLAGS.export_timing:
         run_export_timing()
