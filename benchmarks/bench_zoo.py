@@ -128,8 +128,7 @@ def run_matrix():
         raise app.UsageError(f"unknown rows/columns {unknown}; rows: {list(zoo.MODELS)}, columns: {list(zoo.COLUMNS)}")
     output = FLAGS.output or "benchmarks/results/zoo.json"
     zoo.TRAIN_STEPS = FLAGS.steps
-    measured = {(m, c) for m in FLAGS.models for c in FLAGS.columns}
-    kept = [c for c in previous_cells(output) if (c["model"], c["column"]) not in measured] if FLAGS.merge else []
+    previous = previous_cells(output) if FLAGS.merge else []
     settings = {"steps": FLAGS.steps, "pretrain_steps": FLAGS.pretrain_steps, "date": time.strftime("%Y-%m-%d")}
     cells, records, float_accuracy = [], [], {}
     total = len(FLAGS.models) * len(FLAGS.columns)
@@ -150,6 +149,9 @@ def run_matrix():
             status = cell.short() if cell.works else cell.error[:160]
             print(f"[{len(cells)}/{total}] {name} / {column}: {status} ({cell.seconds:.1f} s)", flush=True)
             # Written after every cell: a long run stopped halfway keeps what it measured.
+            # A previous cell goes only when this run has measured it again.
+            done = {(c.model, c.column) for c in cells}
+            kept = [c for c in previous if (c["model"], c["column"]) not in done]
             write_json(output, run_record("zoo", cells=kept + records, **settings), announce=False)
     print(f"wrote {output}")
     print()
