@@ -49,6 +49,19 @@ def test_fake_quant_is_on_after_start_and_logged(float_cnn, digits):
     np.testing.assert_allclose(tfc.strip(qat).predict(x_test, verbose=0), quantized, atol=1e-5)
 
 
+def test_phases_count_every_step_with_steps_per_execution(digits):
+    x, y, _, _ = digits
+    qat = tfc.prune(dense_digits_model(seed=5), 0.5, end=0.25)
+    qat = quantize(qat, start=0.5, freeze=0.75)
+    # 22 steps per epoch, two calls of 11: the callback sees one batch per call.
+    qat.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"], steps_per_execution=11,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = qat.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    # Start (step 22) and freeze (step 33) fall on call boundaries: both reached in the second epoch.
+    assert history.history["qat_phase"] == [0.0, 2.0]
+    assert history.history["sparsity"][-1] == pytest.approx(0.5, abs=0.01)
+
+
 def _range_values(model):
     names = ("post_activation_min", "post_activation_max", "quantize_layer_min", "quantize_layer_max", "moving_mean", "moving_variance")
     return {v.name: v.numpy().copy() for v in model.weights if any(n in v.name for n in names)}

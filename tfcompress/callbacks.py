@@ -139,13 +139,16 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self._keras3:
             return self._keras3.batch_begin(batch)
+        self._batch_begin = batch
         for part in self._parts:
             part.on_schedule_step(self._step)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._keras3:
             return self._keras3.batch_end(batch, logs)
-        self._step += 1
+        # With compile(steps_per_execution=N) one call runs N steps: tf_keras passes the call's
+        # first step to batch_begin and its last to batch_end.
+        self._step += batch - self._batch_begin + 1
 
     def on_epoch_end(self, epoch, logs=None):
         if self._keras3:
