@@ -1,6 +1,6 @@
 """Deep Compression benchmark: prune, share weights, quantize, on digits, measured on LiteRT.
 
-    python benchmarks/bench_deep_compression.py [--models mlp,lenet5] [--epochs 60] [--finetune_epochs 80]
+    python benchmarks/bench_deep_compression.py [--models mlp,lenet5] [--epochs 60] [--finetune_epochs 160] [--seeds 3]
 
 Models (Han et al., ICLR 2016, Table 1, scaled to 8x8 digits): an MLP in the
 LeNet-300-100 shape (64-300-100-10) and a LeNet-5-style CNN (conv 20@5x5,
@@ -14,7 +14,8 @@ layer, and with per-layer targets from `tfc.sensitivity` (loss on 300
 training examples) at the same overall sparsity. Every compressed row is
 fine-tuned for the same number of epochs in total and exported with
 `tflite_export.export` (its sparse-encoding choice as the export makes it),
-then verified on LiteRT. The pipeline rows run under `--seeds` fine-tuning
+and with `strip_names=True` (no runtime reads the intermediate tensor names; the
+float reference loses them too), then verified on LiteRT. The pipeline rows run under `--seeds` fine-tuning
 seeds (one run's accuracy moves by a point or more between seeds on 397 test
 digits) and report their mean and range. The factor is the FP32 .tflite's bytes over the
 row's gzip bytes (what a download carries). Prints a markdown table, writes
@@ -39,11 +40,13 @@ from tfcompress.demo import load_digits  # noqa: E402
 
 flags.DEFINE_list("models", ["mlp", "lenet5"], "Models to compress: mlp, lenet5.")
 flags.DEFINE_integer("epochs", 60, "Float training epochs.")
-flags.DEFINE_integer("finetune_epochs", 80, "Fine-tuning epochs of every compressed row (split 50/30/20 in the three-fit one).")
-flags.DEFINE_float("mlp_sparsity", 0.96, "Overall kernel sparsity of the MLP's pruned rows.")
+flags.DEFINE_integer("finetune_epochs", 160, "Fine-tuning epochs of every compressed row (split 50/30/20 in the three-fit one).")
+flags.DEFINE_float("mlp_sparsity", 0.95, "Overall kernel sparsity of the MLP's pruned rows.")
 flags.DEFINE_float("lenet5_sparsity", 0.93, "Overall kernel sparsity of the CNN's pruned rows.")
-flags.DEFINE_integer("clusters", 16, "Shared values per kernel, zero included.")
+flags.DEFINE_integer("mlp_clusters", 8, "Shared values per MLP kernel, zero included.")
+flags.DEFINE_integer("lenet5_clusters", 16, "Shared values per LeNet-5 kernel, zero included.")
 flags.DEFINE_integer("seeds", 3, "Fine-tuning seeds of each pipeline row (three fits, one fit): its accuracy and size are their mean.")
+flags.DEFINE_bool("strip_names", True, "Export every row with strip_names=True (intermediate tensor names dropped, as a shipped file would be).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's rate at the start of every fit (cosine decay to 1% of it).")
 flags.DEFINE_string("output", "benchmarks/results/deep_compression.json", "JSON output path.")
 flags.DEFINE_string("plot", "benchmarks/results/deep_compression.png", "Accuracy-against-size plot path.")
@@ -99,7 +102,7 @@ def fit(model, data, epochs):
     return model, time.perf_counter() - start
 
 
-def three_fits(float_model, data, epochs, sparsity):
+def three_fits(float_model, data, epochs, sparsity, clusters):
     """tfmot's documented path: prune, strip, cluster keeping zeros, strip, QAT keeping both, strip.
 
     The fits take 50%, 30% and 20% of the epochs; pruning ends at 80% of the
@@ -108,17 +111,17 @@ def three_fits(float_model, data, epochs, sparsity):
     split = [max(1, round(epochs * share)) for share in (0.5, 0.3)]
     split.append(max(1, epochs - sum(split)))
     pruned, first = fit(tfc.prune(float_model, sparsity, end=0.8), data, split[0])
-    clustered, second = fit(tfc.cluster(tfc.strip(pruned), FLAGS.clusters, preserve_sparsity=True), data, split[1])
+    clustered, second = fit(tfc.cluster(tfc.strip(pruned), clusters, preserve_sparsity=True), data, split[1])
     qat, third = fit(tfc.quantize(tfc.strip(clustered), preserve="clusters+sparsity"), data, split[2])
     return tfc.strip(qat), first + second + third
 
 
-def one_fit(float_model, data, epochs, sparsity, layer_sparsity=None):
+def one_fit(float_model, data, epochs, sparsity, clusters, layer_sparsity=None):
     """The same three phases in one fit, driven by tfc.CompressionCallback, at the three-fit points."""
     model = tfc.quantize(
         tfc.cluster(
             tfc.prune(float_model, sparsity, end=0.4, layer_sparsity=layer_sparsity),
-            FLAGS.clusters, begin=0.5,
+            clusters, begin=0.5,
         ),
         start=0.8,
     )
@@ -137,6 +140,7 @@ def run_model(name, train, validation, test, directory):
     """Every row for one model: `[row dicts]`."""
     x, y = train
     sparsity = {"mlp": FLAGS.mlp_sparsity, "lenet5": FLAGS.lenet5_sparsity}[name]
+    clusters = {"mlp": FLAGS.mlp_clusters, "lenet5": FLAGS.lenet5_clusters}[name]
     float_model, float_seconds = fit(MODELS[name](), train, FLAGS.epochs)
     epochs = FLAGS.finetune_epochs
     rows = []
@@ -145,7 +149,7 @@ def run_model(name, train, validation, test, directory):
         result = tflite_export.export(
             model, directory / f"{name}_{len(rows)}.tflite", precision=precision,
             representative_data=x[:256] if precision == "int8" else None,
-            validation_data=test, latency_runs=0,
+            validation_data=test, latency_runs=0, strip_names=FLAGS.strip_names,
         )
         report = result.report
         return {
@@ -186,17 +190,17 @@ def run_model(name, train, validation, test, directory):
     export(float_model, "float", "fp32", float_seconds)
     pruned, seconds = fit(tfc.prune(copy_of(float_model), sparsity, end=0.4), train, epochs)
     export(tfc.strip(pruned), f"prune {sparsity:.0%} alone", "fp32", seconds)
-    clustered, seconds = fit(tfc.cluster(copy_of(float_model), FLAGS.clusters), train, epochs)
-    export(tfc.strip(clustered), f"cluster {FLAGS.clusters} alone", "fp32", seconds)
+    clustered, seconds = fit(tfc.cluster(copy_of(float_model), clusters), train, epochs)
+    export(tfc.strip(clustered), f"cluster {clusters} alone", "fp32", seconds)
     qat, seconds = fit(tfc.quantize(copy_of(float_model)), train, epochs)
     export(tfc.strip(qat), "QAT int8 alone", "int8", seconds)
     seeded("three fits (prune, cluster, QAT), uniform",
-           lambda: three_fits(copy_of(float_model), train, epochs, sparsity))
-    seeded("one fit, uniform", lambda: one_fit(copy_of(float_model), train, epochs, sparsity))
+           lambda: three_fits(copy_of(float_model), train, epochs, sparsity, clusters))
+    seeded("one fit, uniform", lambda: one_fit(copy_of(float_model), train, epochs, sparsity, clusters))
     scan = tfc.sensitivity(float_model, validation, metric="loss", print_fn=None)
     targets = scan.layer_sparsity(target=sparsity)
     seeded("one fit, sensitivity-guided",
-           lambda: one_fit(copy_of(float_model), train, epochs, sparsity, targets), layer_sparsity=targets)
+           lambda: one_fit(copy_of(float_model), train, epochs, sparsity, clusters, targets), layer_sparsity=targets)
     reference = rows[0]["bytes"]
     for row in rows:
         row["factor"] = round(reference / row["gzip_bytes"], 1)
@@ -241,7 +245,7 @@ def main(argv):
             rows += run_model(name, train, validation, test, pathlib.Path(tmp))
     print(
         f"\nDeep Compression on digits (1,400 train / 397 test): MLP {FLAGS.mlp_sparsity:.0%} and LeNet-5 "
-        f"{FLAGS.lenet5_sparsity:.0%} sparsity, {FLAGS.clusters} values per kernel, "
+        f"{FLAGS.lenet5_sparsity:.0%} sparsity, {FLAGS.mlp_clusters} and {FLAGS.lenet5_clusters} values per kernel, "
         f"{FLAGS.finetune_epochs} fine-tuning epochs per row\n"
     )
     print(f"Pipeline rows: the mean of {FLAGS.seeds} fine-tuning seeds, with the range of their accuracy.\n")
@@ -261,7 +265,7 @@ def main(argv):
     record = run_record(
         "deep_compression", epochs=FLAGS.epochs, finetune_epochs=FLAGS.finetune_epochs,
         sparsity={"mlp": FLAGS.mlp_sparsity, "lenet5": FLAGS.lenet5_sparsity},
-        clusters=FLAGS.clusters, learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds, rows=rows,
+        clusters={"mlp": FLAGS.mlp_clusters, "lenet5": FLAGS.lenet5_clusters}, learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds, rows=rows,
         goal_met_by=[f"{row['model']}: {row['row']}" for row in goal],
     )
     write_json(FLAGS.output, record)
