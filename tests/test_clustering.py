@@ -44,6 +44,22 @@ def test_before_begin_kernels_train_as_floats(mlp, digits):
     assert np.unique(kernel).size > 1000
 
 
+def test_clustering_from_the_first_step_starts_before_the_first_batch(mlp, digits):
+    # tf_keras times the batch hooks against the step; k-means in the first batch read as a slow callback.
+    x, y, _, _ = digits
+    clustered = compile_classifier(cluster(mlp, clusters=8))
+    seen = {}
+
+    class FirstBatch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not seen:
+                seen.update({w.name: int(w.clustering_on.numpy()) for w in self.model.layers
+                             if hasattr(w, "clustering_on")})
+
+    clustered.fit(x[:64], y[:64], epochs=1, verbose=0, callbacks=[FirstBatch(), tfc.CompressionCallback()])
+    assert seen and set(seen.values()) == {1}, seen
+
+
 @pytest.mark.slow
 def test_cluster_preserving_qat_keeps_shared_values_in_int8(mlp, digits):
     x, y, x_test, y_test = digits

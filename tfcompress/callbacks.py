@@ -134,6 +134,11 @@ class CompressionCallback(keras.callbacks.Callback):
             ]
             keras.backend.batch_set_value(updates)
             self._step = max(self._step, start)
+        if self._first_epoch:
+            # What starts on the first step (clustering's k-means, QAT's switch) runs here, not in
+            # the first batch, which tf_keras times against the step ("Callback ... is slow").
+            for part in self._parts:
+                part.on_schedule_step(self._step)
         self._first_epoch = False
 
     def on_train_batch_begin(self, batch, logs=None):
