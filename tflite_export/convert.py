@@ -272,6 +272,29 @@ def _needs_static_batch(error):
     return "TensorListReserve" in str(error)
 
 
+def _tf_keras_function_converter(tf, model):
+    """A converter for a one-input tf_keras model from its call as a concrete function.
+
+    `from_keras_model` first saves the model as a SavedModel, tracing every layer's
+    serialization functions: three quarters of an int8 MobileNetV2's conversion (50 CPU s
+    against 11 this way, same LiteRT outputs). The converter freezes the variables held by a
+    plain `tf.Module` instead. The signature keeps the Keras input and output names.
+    """
+    input_name = model.input_names[0]
+    spec = tf.TensorSpec([None, *_input_shape(model)], model.inputs[0].dtype, name=input_name)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(x):
+        outputs = model(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return dict(zip(model.output_names, outputs))
+
+    function = tf.function(call).get_concrete_function(spec)
+    holder = tf.Module()
+    holder.model_variables = list(model.variables)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+
+
 def _converter(model, precision, samples, io_dtype, sparse, fixed_batch=False):
     tf = _tf()
     keras3 = _is_keras3(model)
@@ -294,6 +317,8 @@ def _converter(model, precision, samples, io_dtype, sparse, fixed_batch=False):
             trackable = tf.Module()
             trackable.model_variables = [variable.value for variable in model.variables]
         converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
+    elif len(getattr(model, "inputs", None) or []) == 1:
+        converter = _tf_keras_function_converter(tf, model)
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     optimizations = [] if precision == "fp32" else [tf.lite.Optimize.DEFAULT]
