@@ -114,6 +114,7 @@ class CompressionCallback(keras.callbacks.Callback):
         attach_sparsity_report(self.model)
         attach_phase_report(self.model)
         self._first_epoch = True
+        self._scheduled_step = None
         if self.verbose and self.params.get("verbose", 1):
             for entry in self.plan:
                 print(entry.get("description") or _describe(entry))
@@ -137,16 +138,21 @@ class CompressionCallback(keras.callbacks.Callback):
         if self._first_epoch:
             # What starts on the first step (clustering's k-means, QAT's switch) runs here, not in
             # the first batch, which tf_keras times against the step ("Callback ... is slow").
+            self._schedule_step()
+        self._first_epoch = False
+
+    def _schedule_step(self):
+        """Tells every scheduled part the current step, once per step."""
+        if self._step != self._scheduled_step:
             for part in self._parts:
                 part.on_schedule_step(self._step)
-        self._first_epoch = False
+            self._scheduled_step = self._step
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._keras3:
             return self._keras3.batch_begin(batch)
         self._batch_begin = batch
-        for part in self._parts:
-            part.on_schedule_step(self._step)
+        self._schedule_step()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._keras3:
