@@ -2,8 +2,11 @@
 
 import json
 
+import numpy as np
+
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 import tflite_export
 from tflite_export.edgetpu import SUPPORTED_OPS
@@ -142,3 +145,61 @@ def test_prelu_alpha_must_be_one_dimensional(shared_axes, maps, digits, tmp_path
     else:
         assert report.first_cpu_op == prelu.index
         assert "alpha [8, 8, 4]" in prelu.reason and "shared_axes=[1, 2]" in prelu.reason and prelu.fix
+
+
+def _tokens(n, seed):
+    """Token sequences whose class (of 4) is the band of ids they mostly draw from."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = y[:, None] * 25 + rng.integers(0, 25, (n, 12))
+    return x.astype("int32"), y
+
+
+def test_embedding_lookup_gets_the_fix_that_maps_the_rest(tmp_path):
+    """GATHER (the Embedding) splits the graph at op 0; the advice it gets is followed and maps everything."""
+    keras.utils.set_random_seed(0)
+    x, y = _tokens(512, 0)
+    inputs = keras.Input((12,), dtype="int32")
+    embedding = keras.layers.Embedding(100, 8, name="embed")
+    h = keras.layers.Conv1D(16, 3, activation="relu")(embedding(inputs))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(4)(h))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, verbose=0)
+
+    report = tflite_export.export(model, tmp_path / "tokens.tflite", "edgetpu", x[:64], latency_runs=0).edgetpu
+    assert report.ops[0].op == "GATHER" and report.first_cpu_op == 0 and report.mapped == 0
+    assert "Embedding" in report.ops[0].fix and "keras.Model(embedding_layer.output" in report.ops[0].fix
+
+    # The advice: the TPU model starts at the embeddings; the app looks the rows up.
+    tpu_model = keras.Model(embedding.output, model.output)
+    x_test, y_test = _tokens(128, 1)
+    result = tflite_export.export(tpu_model, tmp_path / "from_embeddings.tflite", "edgetpu",
+                                  embedding(x[:64]).numpy(), latency_runs=0)
+    assert result.edgetpu.fully_mapped, result.edgetpu.summary()
+    table = embedding.get_weights()[0]
+    interpreter = Interpreter(model_path=str(result.path))
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = source["quantization"]
+    agree = []
+    for tokens, keras_logits in zip(x_test, model.predict(x_test, verbose=0)):
+        rows = np.round(table[tokens][None] / scale + zero).clip(0, 255).astype(source["dtype"])
+        interpreter.set_tensor(source["index"], rows)
+        interpreter.invoke()
+        agree.append(interpreter.get_tensor(target["index"]).argmax() == keras_logits.argmax())
+    assert np.mean(agree) >= 0.95
+
+
+def test_hard_swish_gets_the_mobilenet_v3_fix(digits, tmp_path):
+    """MobileNetV3's hard-swish (x * ReLU6(x + 3) / 6, as its builder writes it) becomes HARD_SWISH."""
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.Multiply()([h, keras.layers.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)])
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(h)))
+    report = tflite_export.export(model, tmp_path / "hard_swish.tflite", "edgetpu", x_train[:64],
+                                  latency_runs=0).edgetpu
+    split = report.ops[report.first_cpu_op]
+    assert split.op == "HARD_SWISH" and "minimalistic=True" in split.fix

@@ -85,6 +85,16 @@ _FIXES = {
     "rank": "keep tensors at most 3-D beyond a batch of 1 (reshape before the op)",
     "constraint": "change the layer's configuration to meet the limitation quoted",
 }
+# Unsupported ops whose layer has a better fix than replacing it.
+_OP_FIXES = {
+    "GATHER": "GATHER is an Embedding lookup of token ids, which the Edge TPU cannot run (and the "
+              "graph splits at it, so nothing after it runs on the TPU either). Look the embeddings "
+              "up in the app instead: export keras.Model(embedding_layer.output, model.output) for "
+              "the TPU, calibrated with embedding_layer(token_ids) as representative data, and feed "
+              "it rows of the Embedding's weights (embedding_layer.get_weights()[0])",
+    "HARD_SWISH": "HARD_SWISH is MobileNetV3's hard-swish activation: build the model with "
+                  "minimalistic=True (ReLU, no squeeze-excite) for the Edge TPU, or use MobileNetV2",
+}
 
 
 @dataclass
@@ -290,8 +300,9 @@ def mapping_report(path_or_bytes, path=None):
         if problems:
             first_cpu = op.index
             kind = problems[0][0]
+            fix = _OP_FIXES.get(op.name, _FIXES[kind]) if kind == "unsupported" else _FIXES[kind]
             ops.append(OpMapping(op.index, op.name, coral, False, "; ".join(p[1] for p in problems),
-                                 _FIXES[kind], op.version))
+                                 fix, op.version))
         else:
             ops.append(OpMapping(op.index, op.name, coral, True, version=op.version))
     return EdgeTPUReport(path=name, ops=ops, first_cpu_op=first_cpu, model_problems=model_problems)
