@@ -249,3 +249,30 @@ def test_callback_drives_scheduled_parts_step_by_step(digits):
     fit(model, digits, epochs=3, initial_epoch=2, callbacks=[callback])
     assert recorder.totals == [44, 66]
     assert recorder.steps[44:] == list(range(44, 66))
+
+
+class _SignGate(keras.layers.Layer):
+    """Flips its input when the batch mean is negative: a Python `if` on a tensor, which needs autograph."""
+
+    def call(self, x):
+        if tf.reduce_mean(x) < 0:
+            return -x
+        return x
+
+
+def test_a_layer_that_needs_autograph_still_prunes_and_strips(digits):
+    """Cloning skips autograph for speed; a user layer whose `call` branches on a tensor gets it back."""
+    x_train, y_train, x_test, _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(16, name="hidden")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(_SignGate(name="gate")(h)))
+    pruned = tfc.prune(model, final_sparsity=0.5, layers=["hidden", "logits"])
+    assert isinstance(pruned.get_layer("gate"), _SignGate)
+    np.testing.assert_allclose(pruned.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-6)
+    compile_classifier(pruned).fit(x_train, y_train, epochs=2, batch_size=128, verbose=0,
+                                   callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = tfc.strip(pruned)
+    kernel = final.get_layer("hidden").kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
+    np.testing.assert_allclose(final.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5)

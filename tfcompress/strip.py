@@ -15,7 +15,7 @@ from tfcompress._keras import (
     weight_name,
 )
 from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints
-from tfcompress._layers import clone_with_weights
+from tfcompress._layers import clone_with_weights, rebuild
 from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
 from tfcompress.pruning.channels import is_channel_pruned, strip_channels
 from tfcompress.pruning.wrapper import find_pruning_wrappers
@@ -75,9 +75,11 @@ def strip(model):
             "Clustering never started in this model (its `begin` is after the last trained "
             "step): the stripped kernels are clustered from their current values."
         )
-    stripped = tfmot.sparsity.keras.strip_pruning(_strip_pruned_clusters(model))
-    if clustered:
-        stripped = tfmot.clustering.keras.strip_clustering(stripped)
+    def build():
+        stripped = tfmot.sparsity.keras.strip_pruning(_strip_pruned_clusters(model))
+        return tfmot.clustering.keras.strip_clustering(stripped) if clustered else stripped
+
+    stripped = rebuild(build)
     # tfmot's strip returns the training model's own layer objects; copy them.
     return clone_with_weights(stripped)
 

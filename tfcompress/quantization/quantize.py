@@ -18,6 +18,7 @@ from tfcompress._layers import (
     float32_copy,
     fresh_copy,
     layer_selector,
+    rebuild,
     walk,
 )
 from tfcompress._metrics import report_metric
@@ -319,11 +320,15 @@ def _quantize(model, layers, preserve, unsupported, start, freeze):
         if layer.name in quantized and is_op_layer(layer)
     }
     scheme = QuantizeScheme(SCHEMES[preserve](), op_layers=op_layers)
-    annotated = _annotate(model, quantized, scheme.get_quantize_registry())
     # tfmot's layout transform rebuilds the model from its config: the user's own layer classes must resolve.
     classes = {type(layer).__name__: type(layer) for layer in walk(model)}
-    with tfmot.quantization.keras.quantize_scope(classes):
-        qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+
+    def build():
+        annotated = _annotate(model, quantized, scheme.get_quantize_registry())
+        with tfmot.quantization.keras.quantize_scope(classes):
+            return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+
+    qat_model = rebuild(build)
     phased = _with_phases(qat_model, model, start, freeze)
     attach_phase_report(phased)
     return phased
