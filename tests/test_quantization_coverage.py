@@ -169,6 +169,46 @@ def test_activations_merges_ops_pooling_and_reshapes_are_int8_from_qat_alone():
     assert np.mean(_litert_top1(content, x_test) == keras_top1) >= 0.95
 
 
+def _conv_block(h, name):
+    """DenseNet's conv block: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv, concatenated to its input."""
+    x1 = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_0_bn")(h)
+    x1 = keras.layers.Conv2D(16, 1, use_bias=False, name=f"{name}_1_conv")(keras.layers.ReLU(name=f"{name}_0_relu")(x1))
+    x1 = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_1_bn")(x1)
+    x1 = keras.layers.ReLU(name=f"{name}_1_relu")(x1)
+    x1 = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(x1)
+    return keras.layers.Concatenate(name=f"{name}_concat")([h, x1])
+
+
+def test_densenet_transition_average_pool_into_a_dense_block_exports_full_int8(tmp_path):
+    # The pooled tensor feeds both a BatchNorm and a Concatenate. TFLite's int8 AVERAGE_POOL_2D needs
+    # its input's scale at its output; a learned range of its own there failed conversion ("violate
+    # the same scale constraint"), as tf_keras.applications.DenseNet121's QAT model did.
+    (x, y), (x_test, y_test) = load_digits()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+    h = keras.layers.ReLU(name="stem_relu")(keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(h))
+    h = _conv_block(h, "block1")
+    h = keras.layers.ReLU(name="pool_relu")(keras.layers.BatchNormalization(momentum=0.9, name="pool_bn")(h))
+    h = keras.layers.Conv2D(16, 1, use_bias=False, name="pool_conv")(h)
+    h = keras.layers.AveragePooling2D(2, name="pool_pool")(h)
+    h = _conv_block(h, "block2")
+    h = keras.layers.ReLU(name="relu")(keras.layers.BatchNormalization(momentum=0.9, name="bn")(h))
+    h = keras.layers.GlobalAveragePooling2D(name="avg_pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = tfc.quantize(model)
+    _compile(qat, 1e-2).fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = tfc.strip(qat)
+    result = tflite_export.export(
+        final, tmp_path / "densenet_int8.tflite", precision="int8", representative_data=x[:64],
+        validation_data=(x_test, y_test), latency_runs=0,
+    )
+    assert result.report.fully_integer, result.report.float_ops
+    assert "AVERAGE_POOL_2D" in result.op_counts and "CONCATENATION" in result.op_counts
+    assert result.verification.keras_accuracy > 0.8
+    assert result.verification.agreement >= 0.95
+
+
 def test_conv1d_and_op_ranges_save_and_load(tmp_path):
     x, y = _signals(64, seed=3)
     keras.utils.set_random_seed(0)

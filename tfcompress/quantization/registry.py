@@ -122,7 +122,7 @@ def _same_scale(layer):
     return NoOpQuantizeConfig()
 
 
-# Layers tfmot's registry lacks, by class: `layer -> config`.
+# Layers tfmot's registry lacks, and those in `_REPLACED`, by class: `layer -> config`.
 _LAYER_CONFIGS = {
     keras.layers.Conv1D: _conv1d_config,
     # Per-tensor: TFLite's per-channel axis of a depthwise kernel is not the Keras kernel's last one.
@@ -146,7 +146,15 @@ _LAYER_CONFIGS = {
     keras.layers.MaxPooling3D: _same_scale,
     keras.layers.UpSampling1D: _same_scale,
     keras.layers.RepeatVector: _same_scale,
+    # TFLite's int8 AVERAGE_POOL_2D keeps its input's scale (an average stays in its inputs' range).
+    # tfmot learns a range of its own after it, which the converter meets with a requantize; where
+    # the pooled tensor also feeds a Concatenate and another layer (DenseNet's transition into its
+    # dense block), it cannot, and conversion fails with "violate the same scale constraint".
+    keras.layers.AveragePooling1D: _same_scale,
+    keras.layers.AveragePooling2D: _same_scale,
 }
+# Layers tfmot's registry covers whose config here replaces tfmot's (see above).
+_REPLACED = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)
 
 
 def is_op_layer(layer):
@@ -208,7 +216,7 @@ class QuantizeRegistry(tfmot.quantization.keras.QuantizeRegistry):
         return unsupported_reason(layer) is None
 
     def get_quantize_config(self, layer):
-        if _DEFAULT.supports(layer) and not isinstance(layer, keras.layers.Activation):
+        if _DEFAULT.supports(layer) and type(layer) not in _REPLACED and not isinstance(layer, keras.layers.Activation):
             return (self.base if self.base.supports(layer) else _DEFAULT).get_quantize_config(layer)
         config = own_config(layer)
         if config is None:
