@@ -26,6 +26,8 @@ call boundaries). The JAX path uses the same N.
 
 Fit time is the median wall time of the Distiller's `fit` over `--repeats`
 runs (the in-process rows take turns; the first epoch's tracing included),
+"first epoch s" and "later epoch s" the median first epoch (the step is traced there) and
+median later epoch of the same fits, so tracing and steps can be told apart,
 fit CPU s the process CPU time of the same fits; accuracy is the Keras test
 accuracy of the stripped student of the first run, LiteRT accuracy that of its
 INT8 file. Prints a markdown table and writes benchmarks/results/keras3.json.
@@ -94,8 +96,27 @@ def cpu_seconds():
     return times.user + times.system
 
 
+def epoch_timer(K):
+    """A Keras `K` callback whose `seconds` lists each epoch's wall time (the first one traces the step)."""
+
+    class EpochTimer(K.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
 def run_pipeline(K, teacher, student_weights, data, steps_per_execution=1):
-    """Prune + QAT + distill in one fit under Keras `K`; returns (stripped student, fit s, fit CPU s, last logs)."""
+    """Prune + QAT + distill in one fit under Keras `K`.
+
+    Returns (stripped student, fit s, fit CPU s, last logs, each epoch's s)."""
     import tfcompress as tfc
 
     x, y, _, _ = data
@@ -107,12 +128,13 @@ def run_pipeline(K, teacher, student_weights, data, steps_per_execution=1):
     if steps_per_execution > 1:
         distiller.compile(optimizer=distiller.optimizer, loss=distiller.loss, metrics=["accuracy"],
                           steps_per_execution=steps_per_execution)
+    timer = epoch_timer(K)
     wall, cpu = time.perf_counter(), cpu_seconds()
     history = distiller.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0,
-                            callbacks=[tfc.CompressionCallback(verbose=0)])
+                            callbacks=[tfc.CompressionCallback(verbose=0), timer])
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     logs = {key: float(values[-1]) for key, values in history.history.items()}
-    return tfc.strip(distiller.student), wall, cpu, logs
+    return tfc.strip(distiller.student), wall, cpu, logs, timer.seconds
 
 
 def run_plain(K, student_weights, data):
@@ -120,10 +142,11 @@ def run_plain(K, student_weights, data):
     x, y, _, _ = data
     student = compile_model(K, cnn(K, 16, 64, batchnorm=True))
     student.set_weights(student_weights)
+    timer = epoch_timer(K)
     wall, cpu = time.perf_counter(), cpu_seconds()
-    history = student.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0)
+    history = student.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0, callbacks=[timer])
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return wall, cpu, {key: float(values[-1]) for key, values in history.history.items()}
+    return wall, cpu, {key: float(values[-1]) for key, values in history.history.items()}, timer.seconds
 
 
 def keras_accuracy(model, x, y):
@@ -146,8 +169,8 @@ def jax_worker():
     weights = list(np.load(os.path.join(FLAGS.work_dir, "student_init.npz")).values())
     runs = []
     for repeat in range(FLAGS.repeats):
-        final, wall, cpu, logs = run_pipeline(keras, teacher, weights, data, FLAGS.steps_per_execution)
-        runs.append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs})
+        final, wall, cpu, logs, epochs = run_pipeline(keras, teacher, weights, data, FLAGS.steps_per_execution)
+        runs.append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs, "epoch_seconds": epochs})
         if repeat == 0:
             accuracy = keras_accuracy(final, x_test, y_test)
             final.save(os.path.join(FLAGS.work_dir, "jax_student.keras"))
@@ -167,7 +190,15 @@ def export_int8(model, path, data):
     }
 
 
+def epoch_split(runs):
+    """(median first epoch s, median later epoch s) over `runs`: tracing apart from the steps."""
+    first = [r["epoch_seconds"][0] for r in runs]
+    later = [np.median(r["epoch_seconds"][1:]) for r in runs if len(r["epoch_seconds"]) > 1]
+    return float(np.median(first)), float(np.median(later)) if later else float("nan")
+
+
 def row(name, runs, keras_acc, export):
+    first, later = epoch_split(runs)
     return {
         "path": name,
         "keras_accuracy": keras_acc,
@@ -175,6 +206,8 @@ def row(name, runs, keras_acc, export):
         "fit_seconds": float(np.median([r["fit_seconds"] for r in runs])),
         "fit_cpu_seconds": float(np.median([r["fit_cpu_seconds"] for r in runs])),
         "fit_seconds_each": [round(r["fit_seconds"], 2) for r in runs],
+        "first_epoch_seconds": first,
+        "later_epoch_seconds": later,
         "final_logs": runs[0]["logs"],
     }
 
@@ -220,13 +253,13 @@ def main(argv):
     finals = {}
     for repeat in range(FLAGS.repeats):
         for name, K, teacher, steps in paths:
-            final, wall, cpu, logs = run_pipeline(K, teacher, student_init, data, steps)
-            results[name].append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs})
+            final, wall, cpu, logs, epochs = run_pipeline(K, teacher, student_init, data, steps)
+            results[name].append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs, "epoch_seconds": epochs})
             finals.setdefault(name, final)
             print(f"  {name} run {repeat + 1}: fit {wall:.1f} s, sparsity {logs.get('sparsity', 0):.3f}", flush=True)
         for name, K in (("tf_keras", tf_keras), ("keras3 TF", keras)):
-            wall, cpu, logs = run_plain(K, student_init, data)
-            plain[name].append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs})
+            wall, cpu, logs, epochs = run_plain(K, student_init, data)
+            plain[name].append({"fit_seconds": wall, "fit_cpu_seconds": cpu, "logs": logs, "epoch_seconds": epochs})
             print(f"  {name} without compression run {repeat + 1}: fit {wall:.1f} s", flush=True)
 
     rows = []
@@ -259,9 +292,13 @@ def main(argv):
     plain_rows = [
         {"path": f"{name}, no compression", "fit_seconds": seconds,
          "fit_seconds_each": [round(r["fit_seconds"], 2) for r in plain[name]],
-         "fit_time_vs_tf_keras": seconds / plain_seconds["tf_keras"]}
+         "fit_time_vs_tf_keras": seconds / plain_seconds["tf_keras"],
+         **dict(zip(("first_epoch_seconds", "later_epoch_seconds"), epoch_split(plain[name])))}
         for name, seconds in plain_seconds.items()
     ]
+    base_later = rows[0]["later_epoch_seconds"]
+    for entry in rows + plain_rows:
+        entry["later_epoch_vs_tf_keras"] = entry["later_epoch_seconds"] / base_later
     # What compression adds to each generation's own fit.
     rows[0]["compression_cost"] = rows[0]["fit_seconds"] / plain_seconds["tf_keras"]
     rows[1]["compression_cost"] = rows[1]["fit_seconds"] / plain_seconds["keras3 TF"]
@@ -270,19 +307,24 @@ def main(argv):
     print(f"Prune {SPARSITY:.0%} + QAT (from {QAT_START:.0%}) + distillation, digits CNN with BatchNorm, "
           f"{FLAGS.epochs} epochs, median of {FLAGS.repeats} fits")
     print()
-    print("| path | Keras accuracy | LiteRT INT8 accuracy | INT8 bytes | INT8 gzip bytes | fit s | fit CPU s | fit time vs tf_keras |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| path | Keras accuracy | LiteRT INT8 accuracy | INT8 bytes | INT8 gzip bytes | fit s | fit CPU s | "
+          "fit time vs tf_keras | first epoch s | later epoch s | later epochs vs tf_keras |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for entry in rows:
         print(f"| {entry['path']} | {entry['keras_accuracy']:.4f} | {entry['litert_accuracy']:.4f} | "
               f"{entry['int8_bytes']:,} | {entry['int8_gzip_bytes']:,} | {entry['fit_seconds']:.1f} | "
-              f"{entry['fit_cpu_seconds']:.1f} | {entry['fit_time_vs_tf_keras']:.2f}x |")
+              f"{entry['fit_cpu_seconds']:.1f} | {entry['fit_time_vs_tf_keras']:.2f}x | "
+              f"{entry['first_epoch_seconds']:.2f} | {entry['later_epoch_seconds']:.3f} | "
+              f"{entry['later_epoch_vs_tf_keras']:.2f}x |")
     print()
     print("The same student without compression or teacher (each Keras's own per-step cost):")
     print()
-    print("| fit | fit s | fit time vs tf_keras |")
-    print("|---|---|---|")
+    print("| fit | fit s | fit time vs tf_keras | first epoch s | later epoch s | later epochs vs tf_keras |")
+    print("|---|---|---|---|---|---|")
     for entry in plain_rows:
-        print(f"| {entry['path']} | {entry['fit_seconds']:.1f} | {entry['fit_time_vs_tf_keras']:.2f}x |")
+        print(f"| {entry['path']} | {entry['fit_seconds']:.1f} | {entry['fit_time_vs_tf_keras']:.2f}x | "
+              f"{entry['first_epoch_seconds']:.2f} | {entry['later_epoch_seconds']:.3f} | "
+              f"{entry['later_epoch_vs_tf_keras']:.2f}x |")
     print()
     print(f"compression's cost (pipeline fit over the plain fit): tf_keras {rows[0]['compression_cost']:.2f}x, "
           f"Keras 3 TF {rows[1]['compression_cost']:.2f}x")
