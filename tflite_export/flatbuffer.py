@@ -17,7 +17,7 @@ _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.star
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 # Large models (> 2 GB) keep buffers outside the flatbuffer; this offset marks "no data".
-_NO_OFFSET = (0, 1)
+NO_OFFSET = (0, 1)
 _SMALL_INT = {"int32": "<i4", "int64": "<i8"}
 
 
@@ -189,7 +189,7 @@ def parse_flatbuffer(data, source="<bytes>"):
             zero = [int(v) for v in q.zeroPoint] if q is not None and q.zeroPoint is not None else []
             buf = buffers[t.buffer] if 0 < t.buffer < len(buffers) else None
             constant = buf is not None and (
-                (buf.data is not None and len(buf.data) > 0) or buf.offset not in _NO_OFFSET
+                (buf.data is not None and len(buf.data) > 0) or buf.offset not in NO_OFFSET
             )
             shape = [int(d) for d in t.shape] if t.shape is not None else []
             signature = [int(d) for d in t.shapeSignature] if t.shapeSignature is not None else shape
@@ -297,7 +297,7 @@ def weight_tensors(data):
             buf = buffers[t.buffer]
             if buf.data is not None and len(buf.data):
                 raw = np.asarray(buf.data, np.uint8).tobytes()
-            elif buf.offset not in _NO_OFFSET:
+            elif buf.offset not in NO_OFFSET:
                 raw = bytes(data[buf.offset:buf.offset + buf.size])
             else:
                 continue

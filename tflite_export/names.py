@@ -12,7 +12,7 @@ names of the inputs and outputs and the signatures, which apps look up.
 import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
 
-from tflite_export.flatbuffer import _NO_OFFSET
+from tflite_export.flatbuffer import NO_OFFSET
 
 
 def drop_tensor_names(content):
@@ -31,7 +31,7 @@ def drop_tensor_names(content):
     >>> smaller, dropped = drop_tensor_names(open("model_int8.tflite", "rb").read())
     """
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
-    if any(buffer.offset not in _NO_OFFSET for buffer in model.buffers or []):
+    if any(buffer.offset not in NO_OFFSET for buffer in model.buffers or []):
         return content, 0
     dropped = 0
     for subgraph in model.subgraphs or []:
