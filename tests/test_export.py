@@ -87,6 +87,49 @@ def test_edgetpu_has_uint8_io_batch_1_and_no_float_tensor(exported_digits):
     assert result.edgetpu.fully_mapped
 
 
+def test_every_file_has_a_signature_with_the_keras_input_and_output_names(exported_digits, digits_cnn, digits):
+    # Batch-1 (edgetpu) files included: apps look the model up by these keys.
+    assert digits_cnn.input_names == ["conv1_input"] and digits_cnn.output_names == ["logits"]
+    for precision, result in exported_digits.items():
+        interpreter = Interpreter(model_path=result.path)
+        assert interpreter.get_signature_list() == {
+            "serving_default": {"inputs": ["conv1_input"], "outputs": ["logits"]}}, precision
+    # The signature runs what the file's output tensor holds.
+    interpreter = Interpreter(model_path=exported_digits["edgetpu"].path)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    example = np.full(inp["shape"], 128, np.uint8)
+    interpreter.set_tensor(inp["index"], example)
+    interpreter.invoke()
+    expected = interpreter.get_tensor(out["index"])
+    np.testing.assert_array_equal(interpreter.get_signature_runner()(conv1_input=example)["logits"], expected)
+
+
+def test_multi_input_models_convert_with_their_names_at_a_dynamic_batch_and_at_batch_1():
+    import keras as keras3
+
+    from tflite_export.convert import convert_to_bytes
+
+    a, b = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4), np.ones((2, 3), "float32")
+    for k in (keras, keras3):  # tf_keras and Keras 3, inputs passed as a dict
+        k.utils.set_random_seed(0)
+        first, second = k.Input((4,), name="first"), k.Input((3,), name="second")
+        joined = k.layers.Dense(5, name="joined")(k.layers.Concatenate()([first, second]))
+        model = k.Model({"first": first, "second": second}, [joined, k.layers.Dense(2, name="head")(joined)])
+        expected = [o.numpy() if hasattr(o, "numpy") else np.asarray(o)
+                    for o in model({"first": a, "second": b}, training=False)]
+        for fixed_batch in (False, True):
+            interpreter = Interpreter(model_content=convert_to_bytes(model, "fp32", fixed_batch=fixed_batch))
+            assert interpreter.get_signature_list() == {
+                "serving_default": {"inputs": ["first", "second"], "outputs": ["head", "joined"]}}
+            assert [list(d["shape_signature"][:1]) for d in interpreter.get_input_details()] == [
+                [1 if fixed_batch else -1]] * 2
+            runner = interpreter.get_signature_runner()
+            rows = [runner(first=a[i:i + 1], second=b[i:i + 1]) for i in range(2)]
+            for name, want in zip(("joined", "head"), expected):
+                np.testing.assert_allclose(np.concatenate([row[name] for row in rows]), want, atol=1e-5)
+
+
 def test_result_prints_a_table_and_round_trips_through_json(exported_digits):
     result = exported_digits["int8"]
     text = str(result)

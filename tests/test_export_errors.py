@@ -6,6 +6,7 @@ import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 import tflite_export
 from tflite_export import EdgeTPUCompatibilityError, RepresentativeDataError, VerificationError
@@ -102,8 +103,8 @@ def test_bad_arguments_name_the_fix(digits_cnn, tmp_path):
 def keras3_mlp(digits):
     """A Keras 3 (`import keras`) MLP trained briefly on digits."""
     keras3.utils.set_random_seed(0)
-    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(),
-                               keras3.layers.Dense(32, activation="relu"), keras3.layers.Dense(10)])
+    model = keras3.Sequential([keras3.Input((8, 8, 1), name="pixels"), keras3.layers.Flatten(),
+                               keras3.layers.Dense(32, activation="relu"), keras3.layers.Dense(10, name="logits")])
     model.compile("adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(digits[0], digits[1], epochs=4, batch_size=64, verbose=0)
     return model
@@ -117,6 +118,8 @@ def test_keras3_model_converts_as_is_and_verifies_against_itself(precision, kera
     result = tflite_export.export(keras3_mlp, tmp_path / "m.tflite", precision, representative_data=x_train[:128],
                                   validation_data=(x_test, y_test), latency_runs=0)
     assert any("Keras 3 model converted as is" in note for note in result.notes)
+    signatures = Interpreter(model_path=str(tmp_path / "m.tflite")).get_signature_list()
+    assert signatures == {"serving_default": {"inputs": ["pixels"], "outputs": ["logits"]}}  # Keras' names
     assert result.verification.keras_accuracy == pytest.approx(keras_accuracy)
     assert result.verification.agreement >= (1.0 if precision == "fp32" else 0.95)
     if precision != "fp32":

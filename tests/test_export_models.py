@@ -7,6 +7,7 @@ The text models read real shipped data: rows 2-4 of each 8x8 digit (24 pixels, i
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 import tfcompress as tfc
 import tflite_export
@@ -63,6 +64,8 @@ def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_
     for precision, result in results.items():
         assert result.fixed_batch == 1, precision
         assert result.inputs[0]["dtype"] == "int32" and result.inputs[0]["shape"] == [1, 24]
+        signature = Interpreter(model_path=result.path).get_signature_list()["serving_default"]
+        assert signature == {"inputs": model.input_names, "outputs": model.output_names}, precision
         assert any("batch-1 signature" in note and cell.lower() in note for note in result.notes)
         assert result.conversion_seconds > 0
         assert result.verification.samples == len(tokens[2])  # every example, one invoke each

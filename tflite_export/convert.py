@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import warnings
 import weakref
@@ -272,55 +273,82 @@ def _needs_static_batch(error):
     return "TensorListReserve" in str(error)
 
 
-def _tf_keras_function_converter(tf, model):
-    """A converter for a one-input tf_keras model from its call as a concrete function.
+def _signature_keys(names):
+    """`names` as signature keys: TensorFlow op-name characters only, repeats suffixed `_1`, `_2`, ...
+
+    A key TensorFlow cannot name an op after leaves the file with no signature at all.
+    """
+    seen = {}
+    unique = []
+    for name in names:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("_-") or "input"
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(f"{name}_{count}" if count else name)
+    return unique
+
+
+def _keras_io_names(model):
+    """`(input names, output names)` of a tf_keras or Keras 3 model: the names of its input and output layers.
+
+    They are the keys of a converted file's signature (`interpreter.get_signature_runner()`),
+    in the order of `model.inputs` and `model.outputs`.
+    """
+    def layer_names(tensors):
+        history = [getattr(tensor, "_keras_history", None) for tensor in tensors]
+        return [h[0].name if h else tensor.name.split(":")[0] for h, tensor in zip(history, tensors)]
+
+    # tf_keras models and Keras 3 functional models name their outputs; Keras 3 names no inputs.
+    inputs = getattr(model, "input_names", None) or layer_names(model.inputs)
+    outputs = getattr(model, "output_names", None) or layer_names(model.outputs)
+    return _signature_keys(inputs), _signature_keys(outputs)
+
+
+def _function_converter(tf, model, batch):
+    """A converter for a tf_keras or Keras 3 model from its call as a concrete function.
 
     `from_keras_model` first saves the model as a SavedModel, tracing every layer's
     serialization functions: three quarters of an int8 MobileNetV2's conversion (50 CPU s
-    against 11 this way, same LiteRT outputs). The converter freezes the variables held by a
-    plain `tf.Module` instead. The signature keeps the Keras input and output names.
+    against 11 this way, same LiteRT outputs); `from_concrete_functions` given the model as
+    its trackable does the same. The converter saves a plain `tf.Module` holding the variables
+    instead. The signature takes the Keras input names and returns the outputs keyed by the
+    Keras output names.
+
+    Arguments:
+        tf: the tensorflow module.
+        model: a built tf_keras or Keras 3 model with defined inputs (one or several).
+        batch: the signature's batch size: None (dynamic) or 1.
     """
-    input_name = model.input_names[0]
-    spec = tf.TensorSpec([None, *_input_shape(model)], model.inputs[0].dtype, name=input_name)
+    keras3 = _is_keras3(model)
+    input_names, output_names = _keras_io_names(model)
+    specs = [tf.TensorSpec([batch, *tensor.shape[1:]], tensor.dtype, name=name)
+             for tensor, name in zip(model.inputs, input_names)]
+    # The model is called with its inputs as it was built with them: one tensor, a list, a dict.
+    structure = getattr(model, "_inputs_struct" if keras3 else "_nested_inputs", None)
+    if structure is None:  # a Keras 3 Sequential model
+        structure = model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
 
-    @tf.autograph.experimental.do_not_convert
-    def call(x):
-        outputs = model(x, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return dict(zip(model.output_names, outputs))
+    def call(*inputs):
+        outputs = model(tf.nest.pack_sequence_as(structure, list(inputs)), training=False)
+        return dict(zip(output_names, tf.nest.flatten(outputs)))
 
-    function = tf.function(call).get_concrete_function(spec)
+    function = tf.function(call).get_concrete_function(*specs)
     holder = tf.Module()
-    holder.model_variables = list(model.variables)
+    # The converter freezes the tf.Variables it finds on this object; Keras 3 keeps them inside its own.
+    holder.model_variables = [variable.value if keras3 else variable for variable in model.variables]
     return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
 
 
 def _converter(model, precision, samples, io_dtype, sparse, fixed_batch=False):
     tf = _tf()
-    keras3 = _is_keras3(model)
-    if precision == "edgetpu" or keras3 or fixed_batch:
-        # A concrete function fixes the batch (1 for the Edge TPU and for recurrent layers, whose
-        # loops convert only with a static batch); for Keras 3 it also avoids from_keras_model's
-        # export step, which prints its signature to stdout.
-        shape = _input_shape(model)
-        if precision == "edgetpu" and any(d is None for d in shape):
+    if precision == "edgetpu":
+        dynamic = [tuple(tensor.shape[1:]) for tensor in model.inputs if None in tuple(tensor.shape[1:])]
+        if dynamic:
             raise EdgeTPUCompatibilityError(
-                f"The model's input shape (batch, {shape}) has dynamic dimensions; the Edge TPU needs "
+                f"The model's input shape (batch, {dynamic[0]}) has dynamic dimensions; the Edge TPU needs "
                 "static shapes. Build it with keras.Input(shape=(H, W, C)) of fixed size.")
-        batch = 1 if precision == "edgetpu" or fixed_batch else None
-        spec = tf.TensorSpec([batch, *shape], model.inputs[0].dtype)
-        function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-        trackable = model
-        if keras3:
-            # The converter freezes the tf.Variables it finds on this object; Keras 3 keeps them
-            # inside its own variables, so hand them over directly.
-            trackable = tf.Module()
-            trackable.model_variables = [variable.value for variable in model.variables]
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
-    elif len(getattr(model, "inputs", None) or []) == 1:
-        converter = _tf_keras_function_converter(tf, model)
-    else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # Batch 1 for the Edge TPU and for recurrent layers, whose loops convert only with a static batch.
+    converter = _function_converter(tf, model, 1 if precision == "edgetpu" or fixed_batch else None)
     optimizations = [] if precision == "fp32" else [tf.lite.Optimize.DEFAULT]
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
