@@ -191,3 +191,27 @@ def test_a_recurrent_loop_that_cannot_be_unrolled_is_refused_before_calibration(
     with pytest.raises(tflite_export.ConversionError, match=r"loop that gru.*fixed number of timesteps.*unroll=True"):
         tflite_export.export(model, tmp_path / "m.tflite", "int8", representative_data=x)
     assert _files(tmp_path) == []
+
+
+def test_same_scale_violation_says_what_it_means_and_names_a_working_fix(tmp_path):
+    """tfmot's own QAT gives a pool feeding a Concatenate and a Conv two ranges; the error explains that."""
+    import tensorflow_model_optimization as tfmot
+
+    from tfcompress.demo import load_digits
+    from tflite_export import ConversionError
+
+    (x, y), _ = load_digits()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    pooled = keras.layers.AveragePooling2D()(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    side = keras.layers.Conv2D(8, 1)(keras.layers.ReLU()(pooled))
+    h = keras.layers.Flatten()(keras.layers.Concatenate()([pooled, side]))
+    qat = tfmot.quantization.keras.quantize_model(keras.Model(inputs, keras.layers.Dense(10)(h)))
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    with pytest.raises(ConversionError) as caught:
+        tflite_export.export(qat, tmp_path / "m.tflite", precision="int8")
+    message = str(caught.value).split("Last lines")[0]
+    assert "one scale on its input and output" in message and "representative_data" in message
+    assert "no int8 kernel" not in message and ": error:" not in message  # no location in Python
+    assert not (tmp_path / "m.tflite").exists()

@@ -439,9 +439,26 @@ def _run_converter(converter, precision, log):
         raise error from e
 
 
+# The converter's words when an op that keeps one int8 scale from input to output (pooling,
+# concatenation, ...) is given two different ranges, as quantization-aware training can learn.
+_SAME_SCALE = "violate the same scale constraint"
+
+
 def _conversion_error(e, precision):
     message = str(e).strip().splitlines()
     detail = " ".join(line.strip() for line in message if "error" in line.lower())[:1500] or str(e)[:1500]
+    # The MLIR location ("<frozen runpy>:198:1: error: ...") points into Python, not the model.
+    detail = re.sub(r"\S+:\d+:\d+: error: ", "", detail)
+    if precision in ("int8", "edgetpu") and _SAME_SCALE in detail:
+        error = EdgeTPUCompatibilityError if precision == "edgetpu" else ConversionError
+        return error(
+            f"Full-integer conversion failed: {detail}. That op (pooling, concatenation) runs in int8 "
+            "with one scale on its input and output, but the model's fake-quant ranges, learned by "
+            "quantization-aware training, give it two different ones; the op has an int8 kernel. "
+            "Export the float model (before quantization-aware training) at this precision with "
+            "representative_data instead: post-training int8 calibrates one scale for such ops. For "
+            "an AVERAGE_POOL_2D in a model from tfmot's quantize_model, tfc.quantize (which gives "
+            "average pooling its input's range) avoids it.")
     if precision == "edgetpu":
         return EdgeTPUCompatibilityError(
             "The model cannot be converted with every op in int8, which the Edge TPU requires: "
