@@ -84,7 +84,7 @@ print(f"train {x_train.shape}, test {x_test.shape}")
 
 # %%
 EPOCHS = 4 if FAST else 60
-FINETUNE_EPOCHS = 2 if FAST else 40
+FINETUNE_EPOCHS = 4 if FAST else 40
 
 
 def compile_model(model, epochs):
