@@ -276,3 +276,25 @@ def test_a_layer_that_needs_autograph_still_prunes_and_strips(digits):
     kernel = final.get_layer("hidden").kernel.numpy()
     assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
     np.testing.assert_allclose(final.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("data", ["arrays", "dataset with sample weights"])
+def test_compression_fit_traces_its_train_step_once(digits, data):
+    """The callback creates optimizer slots and metric variables before the first step: one trace, not two."""
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(0)
+    model = tfc.quantize(tfc.prune(dense_digits_model(seed=0, width=16), final_sparsity=0.5))
+    compile_classifier(model)
+    callbacks = [tfc.CompressionCallback(verbose=0)]
+    if data == "arrays":
+        history = model.fit(x_train, y_train, epochs=2, batch_size=128, verbose=0, callbacks=callbacks)
+    else:
+        weights = np.where(y_train < 5, 1.0, 2.0).astype("float32")
+        dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train, weights)).batch(128)
+        history = model.fit(dataset, epochs=2, verbose=0, callbacks=callbacks)
+    assert model.train_function.experimental_get_tracing_count() == 1
+    # The metrics are the ones Keras would have chosen in the step (sparse labels: sparse accuracy).
+    accuracy = next(m for m in model.metrics if m.name == "accuracy")
+    assert accuracy._fn.__name__ == "sparse_categorical_accuracy"
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["sparsity"][-1] == pytest.approx(0.5, abs=0.01)

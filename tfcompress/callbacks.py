@@ -65,6 +65,7 @@ class CompressionCallback(keras.callbacks.Callback):
                     print(entry.get("description") or _describe(entry))
             return
         self._keras3 = None
+        _create_training_variables_at_first_step(self.model)
         wrappers = find_pruning_wrappers(self.model)
         self._steps_per_epoch = self.params.get("steps")
         epochs = self.params.get("epochs")
@@ -317,3 +318,56 @@ def _describe(entry):
         f"{entry['end_step']}{total}, mask update every {entry['frequency']} step(s)"
     )
 
+
+def _create_training_variables_at_first_step(model):
+    """Has the first call of `model.train_function` create the training variables before it steps.
+
+    The optimizer's slots and the compiled loss and metrics' variables are
+    created inside the first train step, and a `tf.function` that creates
+    variables is traced a second time without them: the first epoch of a
+    pruned or quantization-aware model paid two traces (a toy QAT CNN: 2.7 CPU
+    s, 1.5 with one). The first call reads the data's spec from its iterator
+    and creates them eagerly, then steps. Only for the standard train step and
+    one output; anything unexpected leaves Keras's usual path (the Distiller
+    creates its own before `fit`).
+    """
+    train_function = getattr(model, "train_function", None)
+    if (
+        train_function is None
+        or type(model).train_step is not keras.Model.train_step
+        or len(getattr(model, "outputs", None) or []) != 1
+        or not isinstance(model.optimizer, keras.optimizers.Optimizer)
+    ):
+        return
+
+    def first_call(iterator):
+        model.train_function = train_function
+        try:
+            _create_training_variables(model, iterator.element_spec)
+        except Exception as error:  # Keras creates them in the first step, as it always did
+            logging.debug("Training variables left to the first step: %s", error)
+        return train_function(iterator)
+
+    model.train_function = first_call
+
+
+def _create_training_variables(model, element_spec):
+    import tensorflow as tf
+
+    from tf_keras.src.engine import data_adapter
+
+    def one(spec):
+        return tf.zeros([1, *[1 if d is None else d for d in spec.shape[1:]]], spec.dtype)
+
+    _, y_spec, _ = data_adapter.unpack_x_y_sample_weight(element_spec)
+    output = model.outputs[0]
+    y_pred = tf.zeros([1, *output.shape[1:]], output.dtype)
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        if y_spec is None:
+            return
+        y_true = tf.nest.map_structure(one, y_spec)
+        if model.compiled_loss is not None and not model.compiled_loss.built:
+            model.compiled_loss.build(y_pred)
+        if model.compiled_metrics is not None and not model.compiled_metrics.built:
+            model.compiled_metrics.build(y_pred, y_true)
