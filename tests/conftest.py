@@ -10,19 +10,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
 
-import tfcompress as tfc
-from helpers import EXPORT_PRECISIONS, cnn_digits_model, compile_classifier, dense_digits_model
-from tfcompress.demo import load_digits
+# TensorFlow is imported by the fixtures that use it, not here: pytest-xdist's controller process
+# loads this file too and runs no test, and importing TensorFlow there cost 7 CPU s a run.
 
 # Test files import these from helpers; the names stay here for files not yet switched.
 __all__ = ["EXPORT_PRECISIONS", "cnn_digits_model", "compile_classifier", "dense_digits_model"]
 
 
+def __getattr__(name):
+    """`from conftest import compile_classifier` (and the rest of `__all__`), loaded on first use."""
+    if name in __all__:
+        import helpers
+
+        return getattr(helpers, name)
+    raise AttributeError(f"module 'conftest' has no attribute {name!r}")
+
+
 @pytest.fixture(scope="session")
 def digits():
     """Digits as (x_train, y_train, x_test, y_test); images 8x8x1 scaled to [0, 1] (the demo's split)."""
+    from tfcompress.demo import load_digits
+
     (x_train, y_train), (x_test, y_test) = load_digits()
     return x_train, y_train, x_test, y_test
 
@@ -30,6 +39,8 @@ def digits():
 @pytest.fixture(scope="session")
 def breast_cancer():
     """Breast cancer as standardized (x_train, y_train, x_test, y_test)."""
+    from sklearn.datasets import load_breast_cancer
+
     data = load_breast_cancer()
     x = data.data.astype("float32")
     x = (x - x.mean(0)) / x.std(0)
@@ -45,6 +56,8 @@ def breast_cancer():
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
     """The conftest digits CNN, trained for 6 epochs (about 93% test accuracy)."""
+    from helpers import cnn_digits_model, compile_classifier
+
     x_train, y_train, _, _ = digits
     model = compile_classifier(cnn_digits_model(seed=0))
     model.fit(x_train, y_train, epochs=6, batch_size=32, verbose=0)
@@ -55,6 +68,7 @@ def digits_cnn(digits):
 def exported_digits(digits_cnn, digits, tmp_path_factory):
     """`{precision: ExportResult}`: the digits CNN exported at all six precisions, verified."""
     import tflite_export
+    from helpers import EXPORT_PRECISIONS
 
     x_train, _, x_test, y_test = digits
     directory = tmp_path_factory.mktemp("exported_digits")
@@ -71,6 +85,8 @@ def exported_digits(digits_cnn, digits, tmp_path_factory):
 
 
 def _copies(build, weights):
+    from helpers import compile_classifier
+
     def copy():
         model = build()
         model.set_weights(weights)
@@ -82,6 +98,8 @@ def _copies(build, weights):
 @pytest.fixture(scope="session")
 def trained_mlp(digits):
     """`trained_mlp()`: a compiled copy of the 128-wide digits MLP (seed 2) after 6 epochs (about 98%)."""
+    from helpers import compile_classifier, dense_digits_model
+
     x, y, _, _ = digits
     model = compile_classifier(dense_digits_model(seed=2), learning_rate=3e-3)
     model.fit(x, y, epochs=6, batch_size=32, verbose=0)
@@ -91,6 +109,8 @@ def trained_mlp(digits):
 @pytest.fixture(scope="session")
 def trained_cnn(digits):
     """`trained_cnn()`: a compiled copy of the digits CNN after 15 epochs at 3e-3 (about 99%; `digits_cnn` is the 93% one)."""
+    from helpers import cnn_digits_model, compile_classifier
+
     x, y, _, _ = digits
     model = compile_classifier(cnn_digits_model(seed=0), learning_rate=3e-3)
     model.fit(x, y, epochs=15, batch_size=64, verbose=0)
@@ -100,6 +120,9 @@ def trained_cnn(digits):
 @pytest.fixture(scope="session")
 def pruned_cnn(digits):
     """The digits CNN pruned to 0.8 in a 2-epoch fit (44 steps), wrappers in place. Read it; never train it."""
+    import tfcompress as tfc
+    from helpers import cnn_digits_model, compile_classifier
+
     x, y, _, _ = digits
     model = compile_classifier(tfc.prune(cnn_digits_model(), 0.8))
     model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback()])
