@@ -73,7 +73,6 @@ with strategy.scope():
 results["mirrored"] = run(mirrored_model)
 results["single"] = run(compressed())
 results["mirrored_distilled"] = run(mirrored_distiller)
-results["single_distilled"] = run(distilled(teacher))
 
 # ---- tfc.Distiller with logits and feature losses and a temperature schedule ----
 
@@ -148,7 +147,9 @@ def test_two_replicas_prune_and_quantize_on_the_single_device_schedule(results):
 
 
 def test_prune_qat_and_distillation_together_under_two_replicas(results):
-    mirrored, single = results["mirrored_distilled"], results["single_distilled"]
+    # The single-device fit of the same compressed model (without a teacher) has the same schedule.
+    mirrored, single = results["mirrored_distilled"], results["single"]
+    assert [entry for entry in mirrored["plan"] if entry["compression"] != "distillation"] == single["plan"]
     assert mirrored["sparsity"] == pytest.approx(single["sparsity"], abs=1e-6)
     assert mirrored["sparsity"][-1] == pytest.approx(0.75, abs=0.01)
     assert mirrored["qat_phase"] == single["qat_phase"] == [0.0, 0.0, 1.0, 1.0]
