@@ -30,3 +30,24 @@ def write_json(path, record, announce=True):
     os.replace(tmp, output)
     if announce:
         print(f"wrote {output}")
+
+
+def epoch_timer(K):
+    """A Keras `K` (tf_keras or keras) callback whose `seconds` lists each epoch's wall time.
+
+    The first epoch traces the train step (and fills caches), so the later ones
+    show the per-step cost apart from the fixed costs.
+    """
+
+    class EpochTimer(K.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()

@@ -24,7 +24,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from _common import run_record, write_json  # noqa: E402
+from _common import epoch_timer, run_record, write_json  # noqa: E402
 from tflite_export._cpu import cpu_description  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import load_digits  # noqa: E402
@@ -69,20 +69,6 @@ def build_student(seed):
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h), name="student")
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch, to separate per-step cost from fixed costs (tracing, cache fill)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def steady_step_seconds(timer, steps_per_epoch):
     """Median seconds per optimizer step over the epochs after the first (no tracing)."""
     return statistics.median(timer.seconds[1:]) / steps_per_epoch
@@ -95,7 +81,7 @@ def student_alone(teacher, x, y, seed, labelled):
     steps = FLAGS.epochs * int(np.ceil(len(x) / FLAGS.batch_size))
     x, y = x[:labelled], y[:labelled]
     epochs = max(1, round(steps / np.ceil(len(x) / FLAGS.batch_size)))
-    timer = EpochTimer()
+    timer = epoch_timer(keras)
     start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(x, y, epochs=epochs, batch_size=FLAGS.batch_size, verbose=0, callbacks=[timer])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -118,7 +104,7 @@ def distilled(cache, features=False):
         distiller.compile(keras.optimizers.Adam(1e-3), hard_loss(), metrics=["accuracy"])
         # Examples past `labelled` keep their images but lose their labels: only the teacher teaches them.
         has_label = (np.arange(len(x)) < labelled).astype("float32") if labelled < len(x) else None
-        timer = EpochTimer()
+        timer = epoch_timer(keras)
         start, cpu_start = time.perf_counter(), time.process_time()
         distiller.fit(
             x, y, sample_weight=has_label, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0,

@@ -50,6 +50,8 @@ if "--jax_worker" in sys.argv:
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import epoch_timer  # noqa: E402
+
 flags.DEFINE_integer("epochs", 12, "Student epochs over the 1,400 training digits.")
 flags.DEFINE_integer("teacher_epochs", 12, "Teacher epochs.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -94,23 +96,6 @@ def compile_model(K, model, learning_rate=3e-3):
 def cpu_seconds():
     times = os.times()
     return times.user + times.system
-
-
-def epoch_timer(K):
-    """A Keras `K` callback whose `seconds` lists each epoch's wall time (the first one traces the step)."""
-
-    class EpochTimer(K.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochTimer()
 
 
 def run_pipeline(K, teacher, student_weights, data, steps_per_execution=1):
