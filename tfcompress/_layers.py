@@ -87,7 +87,7 @@ def rebuild(build):
     Calling a subclassed layer on symbolic tensors makes tf_keras convert its
     `call` with autograph first, once per call; the wrappers tfmot and tfcompress
     clone need no converted control flow (they branch with `smart_cond`), and the
-    conversions were a third of `tfc.quantize` on MobileNetV3Small (20 CPU s, 13
+    conversions were a third of `tfc.quantize` on MobileNetV3Small (20 CPU s, 11
     without). Training still traces with autograph. A user's layer whose `call`
     branches on a tensor in Python needs autograph: then `build` runs again with it.
     """

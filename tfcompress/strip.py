@@ -75,6 +75,7 @@ def strip(model):
             "Clustering never started in this model (its `begin` is after the last trained "
             "step): the stripped kernels are clustered from their current values."
         )
+
     def build():
         stripped = tfmot.sparsity.keras.strip_pruning(_strip_pruned_clusters(model))
         return tfmot.clustering.keras.strip_clustering(stripped) if clustered else stripped
