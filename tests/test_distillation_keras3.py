@@ -13,7 +13,7 @@ import tf_keras
 from scipy.special import log_softmax, softmax
 
 import tfcompress as tfc
-from test_keras3 import compiled
+from test_keras3 import compiled, count_traces
 from tfcompress.demo import load_digits
 from tfcompress.distillation import FeatureDistillation, Keras3Distiller, LinearSchedule, LogitsDistillation
 from tfcompress.pruning.constraints import PruningMask
@@ -65,21 +65,22 @@ def pruned_student(seed=2):
 
 @pytest.fixture(scope="module")
 def distilled(teacher, data):
-    """A student pruned to 0.8 and distilled in one fit from the teacher, with 150 labels: (distiller, history)."""
+    """A student pruned to 0.8 and distilled in one fit from the teacher, with 150 labels: (distiller, history, traces)."""
     x, y, _, _ = data
     distiller = tfc.Distiller(teacher=teacher, student=pruned_student(), alpha=0.3,
                               temperature=LinearSchedule(3.0, 1.5))
     compiled(distiller, learning_rate=1e-2)
     has_label = (np.arange(len(x)) < LABELLED).astype("float32")
+    traces = count_traces(distiller)
     history = distiller.fit(
         x, y, sample_weight=has_label, epochs=6, batch_size=64, verbose=0,
         callbacks=[tfc.CompressionCallback(verbose=0)],
     )
-    return distiller, history.history
+    return distiller, history.history, traces
 
 
 def test_one_distiller_class_gives_a_keras3_model_for_keras3_models(distilled, teacher):
-    distiller, _ = distilled
+    distiller, _, _ = distilled
     assert isinstance(distiller, Keras3Distiller) and isinstance(distiller, keras.Model)
     assert isinstance(distiller, tfc.Distiller)
     assert distiller.teacher is teacher and not teacher.trainable
@@ -87,7 +88,7 @@ def test_one_distiller_class_gives_a_keras3_model_for_keras3_models(distilled, t
 
 
 def test_pruned_student_learns_from_the_teacher_in_one_fit(distilled, teacher, data):
-    distiller, history = distilled
+    distiller, history, traces = distilled
     x, y, x_test, y_test = data
     student = distiller.student
     # The same student pruned and trained alone on the 150 labels, repeated: as many steps of 64 examples.
@@ -116,10 +117,11 @@ def test_pruned_student_learns_from_the_teacher_in_one_fit(distilled, teacher, d
     for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
         assert len(history[key]) == 6, key
     assert history["distillation_loss"][-1] < 0.5 * history["distillation_loss"][0]
+    assert len(traces) == 1  # the optimizer and metrics were built before the step (sample weights included)
 
 
 def test_student_saves_loads_and_strips(distilled, data, tmp_path):
-    distiller, _ = distilled
+    distiller, _, _ = distilled
     _, _, x_test, _ = data
     expected = distiller.predict(x_test, verbose=0)
     np.testing.assert_allclose(logits(distiller.student, x_test), expected, atol=1e-6)

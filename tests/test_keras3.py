@@ -56,6 +56,19 @@ def compiled(model, learning_rate=3e-3):
     return model
 
 
+def count_traces(model):
+    """A list that grows by one each time TensorFlow traces `model`'s train step (set before its first fit)."""
+    traces = []
+    train_step = model.train_step
+
+    def counted(data):
+        traces.append(data)
+        return train_step(data)
+
+    model.train_step = counted
+    return traces
+
+
 def sparsity(kernel):
     values = np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel)
     return 1.0 - np.count_nonzero(values) / values.size
@@ -67,17 +80,18 @@ def kernels(model):
 
 @pytest.fixture(scope="module")
 def pruned_cnn(data):
-    """The digits CNN pruned to 0.8 in one 3-epoch fit: (original, pruned, history, callback)."""
+    """The digits CNN pruned to 0.8 in one 3-epoch fit: (original, pruned, history, callback, train step traces)."""
     x, y, _, _ = data
     original = cnn()
     pruned = compiled(tfc.prune(original, final_sparsity=0.8))
+    traces = count_traces(pruned)
     callback = tfc.CompressionCallback(verbose=0)
     history = pruned.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[callback])
-    return original, pruned, history, callback
+    return original, pruned, history, callback, traces
 
 
 def test_cnn_reaches_its_sparsity_in_one_fit_and_history_shows_it(pruned_cnn, data):
-    original, pruned, history, callback = pruned_cnn
+    original, pruned, history, callback, _ = pruned_cnn
     _, _, x_test, y_test = data
     assert [type(layer) for layer in pruned.layers] == [type(layer) for layer in original.layers]  # no wrappers
     for name, kernel in kernels(pruned).items():
@@ -94,8 +108,19 @@ def test_cnn_reaches_its_sparsity_in_one_fit_and_history_shows_it(pruned_cnn, da
     assert pruned.evaluate(x_test, y_test, verbose=0)[1] > 0.85
 
 
+def test_compression_fit_traces_its_train_step_once(pruned_cnn):
+    """On TensorFlow the callback builds the optimizer and metrics before the first step: one trace, not two."""
+    _, pruned, history, _, traces = pruned_cnn
+    assert len(traces) == 1
+    assert pruned.optimizer.built and pruned.optimizer.iterations.numpy() == 3 * 44
+    # The metric is the one Keras would have chosen in the step (sparse labels: sparse accuracy).
+    accuracy = next(m for m in pruned.metrics[1].metrics if m.name == "accuracy")
+    assert accuracy._fn.__name__ == "sparse_categorical_accuracy"
+    assert history.history["accuracy"][-1] > 0.85
+
+
 def test_strip_gives_a_plain_model_that_plain_keras_loads(pruned_cnn, data, tmp_path):
-    _, pruned, _, _ = pruned_cnn
+    _, pruned, _, _, _ = pruned_cnn
     _, _, x_test, _ = data
     final = tfc.strip(pruned)
     assert "tfcompress" not in final.to_json()
@@ -109,7 +134,7 @@ def test_strip_gives_a_plain_model_that_plain_keras_loads(pruned_cnn, data, tmp_
 
 
 def test_summary_counts_the_pruned_weights(pruned_cnn):
-    _, pruned, _, _ = pruned_cnn
+    _, pruned, _, _, _ = pruned_cnn
     info = tfc.summary(pruned, print_fn=None)
     assert [row.name for row in info.rows] == ["conv1", "conv2", "dense", "logits"]
     dense = info.rows[2]
