@@ -248,6 +248,11 @@ def test_fp32_reference_is_converted_once_per_model_and_weights(digits_cnn, digi
     model.set_weights([w * 0.5 for w in model.get_weights()])
     export("fp16", "c")
     assert calls[3:] == ["fp16", "fp32"]  # new weights, new reference
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    fp32 = export("fp32", "d")
+    dynamic = export("dynamic", "e")
+    assert calls[5:] == ["fp32", "dynamic"]  # the fp32 export's file is the reference
+    assert dynamic.verification.fp32_latency_ms > 0 and fp32.verification.fp32_latency_ms > 0
 
 
 @pytest.fixture(scope="module")

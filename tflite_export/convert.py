@@ -191,7 +191,8 @@ def _strip_for_conversion(model, notes):
 
 
 # The FP32 reference flatbuffer of each model exported in this process, with its weights' digest:
-# exporting one model at several precisions converts its reference once, not once per precision.
+# exporting one model at several precisions converts its reference once, not once per precision
+# (and not at all after its fp32 export, whose file is that reference).
 _REFERENCES = weakref.WeakKeyDictionary()
 
 
@@ -746,6 +747,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
             _REFERENCES[original] = (_weights_digest(original), probe, [])
     content = convert_to_bytes(model, precision, samples, io_dtype, notes=notes)
     conversion_seconds = time.perf_counter() - started
+    if precision == "fp32" and not qat:  # this dense file is the latency reference at other precisions
+        _REFERENCES[original] = (_weights_digest(original), content, [])
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
     dense_gzip_bytes = sparse_gzip_bytes = None
     sparsity = weight_sparsity(model)
