@@ -78,6 +78,11 @@ def resumed(data, tmp_path_factory):
 def test_the_rewrite_folds_batchnorm_and_keeps_the_float_model_until_start(data):
     _, _, x_test, _ = data
     model = cnn()
+    rng = np.random.default_rng(0)
+    for name in ("conv_bn", "depthwise_bn"):  # a trained BatchNorm's scale and shift, not 1 and 0
+        layer = model.get_layer(name)
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i == 0 else rng.normal(0, 0.3, w.shape) if i == 1 else w
+                           for i, w in enumerate(layer.get_weights())])
     qat = tfc.quantize(model, start=10)
     kinds = {layer.name: type(layer) for layer in qat.layers}
     assert kinds["conv"] is QuantConv2D and kinds["depthwise"] is QuantDepthwiseConv2D
@@ -87,6 +92,11 @@ def test_the_rewrite_folds_batchnorm_and_keeps_the_float_model_until_start(data)
     assert not qat.get_layer("conv").quantize_output  # the ReLU after it quantizes (TFLite fuses it)
     # Step 0 < start: the float model's outputs, BatchNorm folded.
     np.testing.assert_allclose(qat(x_test), model(x_test), atol=1e-4)
+    # In training too: Conv + BatchNorm on the batch's statistics (what CompressionCallback would resolve first).
+    for layer in qat.layers:
+        if hasattr(layer, "resolve_schedule"):
+            layer.resolve_schedule(100)
+    np.testing.assert_allclose(qat(x_test, training=True), model(x_test, training=True), atol=1e-4)
 
 
 def test_resumed_fit_follows_the_schedule_and_keeps_the_zeros(resumed):
