@@ -5,6 +5,8 @@ The text models read real shipped data: rows 2-4 of each 8x8 digit (24 pixels, i
 0..16) are a sequence of 24 token ids from a 17-word vocabulary, labelled with the digit.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -57,10 +59,21 @@ def _export(model, tmp_path, precision, tokens):
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_models, tokens, tmp_path):
+def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_models, tokens, tmp_path, monkeypatch):
     model = recurrent_models[cell]
     assert model.evaluate(tokens[2], tokens[3], verbose=0)[1] > 0.3  # it learned something (chance: 0.1)
+    convert_module = importlib.import_module("tflite_export.convert")
+    real, conversions = convert_module.convert_to_bytes, []
+
+    def counting(model, precision, *args, **kwargs):
+        conversions.append(precision)
+        return real(model, precision, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "convert_to_bytes", counting)
     results = {p: _export(model, tmp_path, p, tokens) for p in ("fp32", "dynamic", "int8")}
+    # int8's calibration first asks whether the graph keeps a loop: the fp32 export's file answers.
+    # (The GRU's unrolled copy is converted to fp32 once more, to check that its loop is gone.)
+    assert conversions == ["fp32", "dynamic"] + (["fp32"] if cell == "GRU" else []) + ["int8"]
     for precision, result in results.items():
         assert result.fixed_batch == 1, precision
         assert result.inputs[0]["dtype"] == "int32" and result.inputs[0]["shape"] == [1, 24]

@@ -526,17 +526,19 @@ def _unrolled_copy(model, names):
     return clone_with_weights(model, clone)
 
 
-def _calibratable(model, notes):
+def _calibratable(model, notes, probe=None):
     """A model whose graph the converter can calibrate: recurrent layers that become a loop are unrolled.
 
     The converter's calibration runs the float graph in TFLite's interpreter, and that crashes
     the process (a segmentation fault) on the WHILE loop a GRU or SimpleRNN converts to. A
-    float conversion first shows whether the graph keeps a loop.
+    float conversion first shows whether the graph keeps a loop; `probe`, when given, is that
+    conversion already made (the model's fp32 export).
 
     Returns:
         `(model, unrolled layer names, the FP32 flatbuffer of the model given)`.
     """
-    probe = convert_to_bytes(model, "fp32")
+    if probe is None:
+        probe = convert_to_bytes(model, "fp32")
     if not _has_loop(probe):
         return model, [], probe
     names = [layer.name for layer in recurrent_layers(model) if not _fuses(layer)]
@@ -742,9 +744,12 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     started = time.perf_counter()
     float_model, unrolled = model, []
     if samples is not None and recurrent_layers(model):
-        model, unrolled, probe = _calibratable(model, notes)
+        digest = _weights_digest(original)
+        cached = None if qat else _REFERENCES.get(original)  # a QAT model's reference is its float twin's
+        known = cached[1] if cached is not None and cached[0] == digest else None
+        model, unrolled, probe = _calibratable(model, notes, probe=known)
         if not qat:  # the probe is this model's FP32 file: the latency reference
-            _REFERENCES[original] = (_weights_digest(original), probe, [])
+            _REFERENCES[original] = (digest, probe, [])
     content = convert_to_bytes(model, precision, samples, io_dtype, notes=notes)
     conversion_seconds = time.perf_counter() - started
     if precision == "fp32" and not qat:  # this dense file is the latency reference at other precisions
