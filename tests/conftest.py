@@ -56,11 +56,11 @@ def breast_cancer():
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
     """The conftest digits CNN, trained for 6 epochs (about 93% test accuracy)."""
-    from helpers import cnn_digits_model, compile_classifier
+    from helpers import cnn_digits_model, compile_classifier, fit
 
     x_train, y_train, _, _ = digits
     model = compile_classifier(cnn_digits_model(seed=0))
-    model.fit(x_train, y_train, epochs=6, batch_size=32, verbose=0)
+    fit(model, x_train, y_train, epochs=6, batch_size=32, verbose=0)
     return model
 
 
@@ -98,22 +98,22 @@ def _copies(build, weights):
 @pytest.fixture(scope="session")
 def trained_mlp(digits):
     """`trained_mlp()`: a compiled copy of the 128-wide digits MLP (seed 2) after 6 epochs (about 98%)."""
-    from helpers import compile_classifier, dense_digits_model
+    from helpers import compile_classifier, dense_digits_model, fit
 
     x, y, _, _ = digits
     model = compile_classifier(dense_digits_model(seed=2), learning_rate=3e-3)
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    fit(model, x, y, epochs=6, batch_size=32, verbose=0)
     return _copies(lambda: dense_digits_model(seed=2), model.get_weights())
 
 
 @pytest.fixture(scope="session")
 def trained_cnn(digits):
     """`trained_cnn()`: a compiled copy of the digits CNN after 15 epochs at 3e-3 (about 99%; `digits_cnn` is the 93% one)."""
-    from helpers import cnn_digits_model, compile_classifier
+    from helpers import cnn_digits_model, compile_classifier, fit
 
     x, y, _, _ = digits
     model = compile_classifier(cnn_digits_model(seed=0), learning_rate=3e-3)
-    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    fit(model, x, y, epochs=15, batch_size=64, verbose=0)
     return _copies(lambda: cnn_digits_model(seed=0), model.get_weights())
 
 

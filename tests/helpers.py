@@ -44,3 +44,19 @@ def compile_classifier(model, learning_rate=1e-3):
     )
     return model
 
+
+def fit(model, x, y, **kwargs):
+    """`model.fit(x, y, **kwargs)` for a compiled one-output tf_keras model, its train step traced once.
+
+    tf_keras creates the optimizer's slots and the compiled loss and metrics' variables inside
+    the first train step, and a `tf.function` that creates variables is traced a second time
+    (as `tfc.CompressionCallback` avoids for compression fits). Created here first, from one
+    example: the same fit, the same weights, one trace.
+    """
+    import tensorflow as tf
+
+    y_pred = model(x[:1])
+    model.optimizer.build(model.trainable_variables)
+    model.compiled_loss.build(y_pred)
+    model.compiled_metrics.build(y_pred, tf.constant(y[:1]))
+    return model.fit(x, y, **kwargs)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from helpers import fit
 
 import tfcompress as tfc
 import tflite_export
@@ -136,7 +137,7 @@ def trained_cnn(digits):
     """The digits CNN after 5 dense epochs (the dense baseline and the distillation teacher)."""
     x, y, _, _ = digits
     model = compiled(digits_cnn(), 3e-3)
-    model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+    fit(model, x, y, epochs=5, batch_size=32, verbose=0)
     return model
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from helpers import fit
 
 import tflite_export
 from tflite_export.edgetpu import SUPPORTED_OPS
@@ -50,7 +51,7 @@ def leaky_model(digits):
     outputs = keras.layers.Dense(10, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=2, verbose=0)
+    fit(model, x_train, y_train, epochs=2, verbose=0)
     return model
 
 
@@ -165,7 +166,7 @@ def test_embedding_lookup_gets_the_fix_that_maps_the_rest(tmp_path):
     h = keras.layers.GlobalAveragePooling1D()(h)
     model = keras.Model(inputs, keras.layers.Dense(4)(h))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=3, verbose=0)
+    fit(model, x, y, epochs=3, verbose=0)
 
     report = tflite_export.export(model, tmp_path / "tokens.tflite", "edgetpu", x[:64], latency_runs=0).edgetpu
     assert report.ops[0].op == "GATHER" and report.first_cpu_op == 0 and report.mapped == 0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from conftest import EXPORT_PRECISIONS, cnn_digits_model, compile_classifier, dense_digits_model
+from helpers import fit
 
 import tflite_export
 from tfcompress._keras import keras
@@ -207,7 +208,7 @@ def test_quantization_aware_int8_is_timed_against_the_float_model(digits, tmp_pa
 
     x_train, y_train, x_test, y_test = digits
     float_model = compile_classifier(conv_act_and_conv_bn_digits_model())
-    float_model.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    fit(float_model, x_train, y_train, epochs=1, batch_size=64, verbose=0)
     expected = float_model.predict(x_test, verbose=0)
     for qat in (tfmot.quantization.keras.quantize_model(float_model), tfc.strip(tfc.quantize(float_model))):
         twin = float_twin(qat)
@@ -355,7 +356,7 @@ def test_binary_tabular_classifier_with_one_sigmoid_unit(breast_cancer, tmp_path
         keras.layers.Dense(1, activation="sigmoid"),
     ])
     model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+    fit(model, x_train, y_train, epochs=10, batch_size=32, verbose=0)
     result = tflite_export.export(model, tmp_path / "cancer.tflite", "int8", x_train, (x_test, y_test),
                                   latency_runs=0, metadata={"name": "breast cancer", "labels": ["malignant"]})
     v = result.verification

@@ -13,7 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import tfcompress as tfc
 import tflite_export
-from helpers import cnn_digits_model, compile_classifier
+from helpers import cnn_digits_model, compile_classifier, fit
 from tflite_export.flatbuffer import parse_flatbuffer, read_flatbuffer
 from tflite_export.verification import variable_tensors
 from tfcompress._keras import keras
@@ -35,7 +35,7 @@ def _text_model(tokens, *layers, embedding, epochs, learning_rate):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((24,), dtype="int32"), keras.layers.Embedding(17, embedding), *layers,
                               keras.layers.Dense(10)])
-    compile_classifier(model, learning_rate).fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+    fit(compile_classifier(model, learning_rate), x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
     return model
 
 
