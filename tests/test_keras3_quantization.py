@@ -133,6 +133,35 @@ def test_int8_export_is_fully_integer_keeps_zeros_and_matches_keras(resumed, dat
     assert np.mean(dense == 0) == pytest.approx(0.5, abs=0.01)  # the pruned zeros, int8 zeros on LiteRT
 
 
+def test_zero_padding_of_resnet_and_mobilenet_stems_exports_fully_int8(data, tmp_path):
+    """ZeroPadding before a VALID conv (keras.applications' ResNet50, MobileNetV2, EfficientNet) keeps its input's range."""
+    x, y, x_test, y_test = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.ZeroPadding2D(1, name="stem_pad")(inputs)
+    h = keras.layers.Conv2D(16, 3, use_bias=False, name="stem_conv")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(h)
+    h = keras.layers.ReLU(6.0, name="stem_relu")(h)
+    h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="block_pad")(h)
+    h = keras.layers.DepthwiseConv2D(3, use_bias=False, name="block_dw")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="block_bn")(h)
+    h = keras.layers.ReLU(name="block_relu")(h)
+    h = keras.layers.Conv2D(32, 1, activation="relu", name="block_project")(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = compiled(tfc.quantize(model, start=0.3))
+    assert type(qat.get_layer("stem_pad")) is keras.layers.ZeroPadding2D
+    assert isinstance(qat.get_layer("stem_conv"), QuantConv2D)
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "padded.tflite", precision="int8", latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    content = (tmp_path / "padded.tflite").read_bytes()
+    assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
+    keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
+    litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
+    assert keras_accuracy > 0.8 and abs(litert_accuracy - keras_accuracy) <= 0.005
+
+
 def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):
     _, loaded, _, _ = resumed
     _, _, x_test, _ = data

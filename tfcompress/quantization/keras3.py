@@ -33,6 +33,8 @@ UNSUPPORTED = ("error", "float")
 PASS_THROUGH = (
     keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
+    # Zeros are exact in int8 (every range includes 0): TFLite pads with the zero point.
+    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
 )
 # Weightless layers whose output gets a range of its own.
 RANGED = (
