@@ -380,10 +380,12 @@ def test_text_model_keeps_lstm_float_and_exports_full_int8_from_calibration():
     assert history.history["qat_phase"][-1] == 1.0 and history.history["accuracy"][-1] > 0.8
     final = tfc.strip(qat)
 
-    content = _convert(final, representative=x[:64])
+    content = _convert(final, representative=x[:64])  # through from_keras_model, as its users convert
     assert _float_ops(content) == []
     # Calibration is what makes them integer: the LSTM and the LayerNorms stay float without it.
-    assert {"LOGISTIC", "TANH", "MEAN", "RSQRT"} <= set(_float_ops(_convert(final)))
+    # (From the traced call: the same float ops as from_keras_model's SavedModel, 0.5 CPU s against 2.9.)
+    uncalibrated = _convert(final, tf.TensorSpec([None, 12], tf.int32))
+    assert {"LOGISTIC", "TANH", "MEAN", "RSQRT"} <= set(_float_ops(uncalibrated))
     keras_top1 = final.predict(x_test, verbose=0).argmax(-1)
     assert np.mean(_litert_top1(content, x_test) == keras_top1) >= 0.9
 
