@@ -162,6 +162,42 @@ def test_zero_padding_of_resnet_and_mobilenet_stems_exports_fully_int8(data, tmp
     assert keras_accuracy > 0.8 and abs(litert_accuracy - keras_accuracy) <= 0.005
 
 
+def test_mobilenetv3_and_efficientnet_blocks_export_fully_int8(data, tmp_path):
+    """keras.applications' input scaling, hard-swish / swish and squeeze-excite (hard sigmoid written as tensor arithmetic)."""
+    x, y, x_test, y_test = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Rescaling(2.0, offset=-1.0, name="rescaling")(inputs)  # MobileNetV3's [-1, 1]
+    h = keras.layers.Normalization(mean=0.1, variance=0.5, name="normalization")(h)  # EfficientNet's
+    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="conv_bn")(h)
+    h = keras.layers.Activation("hard_silu", name="conv_hard_swish")(h)
+    squeezed = keras.layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
+    squeezed = keras.layers.Conv2D(8, 1, activation="relu", name="se_reduce")(squeezed)
+    squeezed = keras.layers.Conv2D(16, 1, name="se_expand")(squeezed)
+    squeezed = keras.layers.ReLU(6.0, name="se_relu6")(squeezed + 3.0) * (1.0 / 6.0)
+    h = keras.layers.Multiply(name="se_excite")([h, squeezed])
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="silu", name="project")(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = compiled(tfc.quantize(model, start=0.3))
+    assert isinstance(qat.get_layer("project"), QuantConv2D)
+    assert isinstance(qat.get_layer("normalization_quant"), ActivationQuantizer)
+    # The rewritten input layers (a MUL and an ADD with a range each) compute what the float ones did.
+    np.testing.assert_allclose(
+        keras.Model(qat.inputs, qat.get_layer("normalization_quant").output)(x_test),
+        keras.Model(model.inputs, model.get_layer("normalization").output)(x_test), atol=1e-5,
+    )
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "blocks.tflite", precision="int8", latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    content = (tmp_path / "blocks.tflite").read_bytes()
+    assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
+    keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
+    litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
+    assert keras_accuracy > 0.8 and abs(litert_accuracy - keras_accuracy) <= 0.005
+
+
 def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):
     _, loaded, _, _ = resumed
     _, _, x_test, _ = data

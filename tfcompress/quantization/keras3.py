@@ -4,9 +4,11 @@ tfmot wraps only tf_keras models and Keras 3 has no int8 QAT, so tfcompress
 rewrites a Keras 3 Sequential or functional model itself, layer by layer:
 kernel layers become their quantization-aware twins (`keras3_layers.py`), a
 BatchNormalization after a Dense or convolution folds into it, weightless
-layers that change a tensor's range (ReLU, Add, average pooling) get an
-`ActivationQuantizer` after them, and layers that only move values (max
-pooling, Flatten, Reshape, Dropout) stay as they are. Pruning and clustering
+layers and tensor arithmetic that change a tensor's range (ReLU, Add,
+Multiply, average pooling, `x + 3.0`) get an `ActivationQuantizer` after
+them, Rescaling and Normalization become a multiply and an add with a range
+each, and layers that only move values (max pooling, Flatten, Reshape,
+Dropout, zero padding) stay as they are. Pruning and clustering
 constraints stay on the kernels, so the masked or clustered kernel is the one
 that gets fake-quantized.
 """
@@ -40,7 +42,13 @@ PASS_THROUGH = (
 RANGED = (
     keras.layers.Add, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
     keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+    keras.layers.Multiply,
 )
+# Arithmetic written on tensors in a functional model (`x + 3.0`, `x * (1 / 6)`: MobileNetV3's hard
+# sigmoid): TFLite's int8 ADD and MUL take any input and output scales.
+RANGED_OPS = (keras.src.ops.numpy.Add, keras.src.ops.numpy.Multiply, keras.src.ops.numpy.Subtract)
+# Per-channel affine input layers (x * scale + offset), rewritten as a MUL and an ADD with a range each.
+AFFINE = (keras.layers.Rescaling, keras.layers.Normalization)
 
 
 def _is_relu(layer):
@@ -74,6 +82,22 @@ class _Graph:
         if len(consumers) != 1 or id(layer) in self.outputs:
             return None
         return consumers[0]
+
+
+def _affine(layer):
+    """`(scale, offset)` of a Rescaling / Normalization layer as float32 arrays (`x * scale + offset`), or None."""
+    try:
+        if type(layer) is keras.layers.Rescaling:
+            scale, offset = layer.scale, layer.offset
+        else:
+            if layer.invert:
+                return None
+            mean = keras.ops.convert_to_numpy(layer.mean)
+            deviation = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance)), keras.backend.epsilon())
+            scale, offset = 1.0 / deviation, -mean / deviation
+        return np.asarray(scale, "float32"), np.asarray(offset, "float32")
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _kernel_problem(layer):
@@ -121,7 +145,7 @@ class _Plan:
 
     def _classify(self, layer):
         kind = None
-        if self.graph.calls.get(id(layer), 0) > 1 and layer.weights:
+        if self.graph.calls.get(id(layer), 0) > 1 and getattr(layer, "weights", None):
             # One set of ranges and one step counter per call site.
             return "called more than once (shared weights)"
         if type(layer) in KERNEL_LAYERS:
@@ -135,9 +159,14 @@ class _Plan:
                 return "normalizes an axis other than the last"
             kind = "norm"
         elif _is_relu(layer) or (
-            type(layer) is keras.layers.Activation and activation_name(layer.activation) in FUSED_ACTIVATIONS + OWN_ACTIVATIONS
-        ) or type(layer) in RANGED:
+            type(layer) is keras.layers.Activation
+            and activation_name(layer.activation) in FUSED_ACTIVATIONS + OWN_ACTIVATIONS
+        ) or type(layer) in RANGED + RANGED_OPS:
             kind = "ranged"
+        elif type(layer) in AFFINE:
+            if _affine(layer) is None:
+                return "an inverted or non-numeric normalization"
+            kind = "affine"
         elif type(layer) in PASS_THROUGH:
             kind = "through"
         else:
@@ -247,12 +276,28 @@ def _rewrite(model, functional, plan, start, freeze):
 
         return call
 
+    def affine(layer):
+        # TFLite has no int8 op for x * scale + offset: a MUL and an ADD, each with the range of its output.
+        scale, offset = _affine(layer)
+        scaled = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_scale_quant")
+        shifted = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_quant")
+
+        def call(inputs, **kwargs):
+            outputs = keras.ops.multiply(inputs, scale)
+            if not np.any(offset):
+                return shifted(outputs)
+            return shifted(keras.ops.add(scaled(outputs), offset))
+
+        return call
+
     def replace(layer):
         if id(layer) in replacements:
             return replacements[id(layer)]
         kind = plan.kind.get(id(layer))
         if kind == "norm":
             new = lambda inputs, **kwargs: inputs  # noqa: E731 (folded into the layer before)
+        elif kind == "affine":
+            new = affine(layer)
         elif kind == "kernel":
             norm = plan.folded_into.get(id(layer))
             fold = None
@@ -266,7 +311,8 @@ def _rewrite(model, functional, plan, start, freeze):
             pairs.append((layer, new, norm))
         else:
             new = _copy(layer)
-            pairs.append((layer, new, None))
+            if isinstance(layer, keras.layers.Layer):  # tensor arithmetic (`x + 3.0`) has no weights
+                pairs.append((layer, new, None))
             if kind == "ranged" and not (type(layer) is keras.layers.Add and plan.fused_relu_after(layer)):
                 new = ranged(new, layer.name)
         replacements[id(layer)] = new

@@ -40,8 +40,9 @@ MISSING_CALLBACK = missing_callback(
 NEVER = 2.0**30
 # Activations a TFLite kernel fuses into the op before them: one fake quant after them suffices.
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
-# Activations with an int8 TFLite kernel of their own, quantized before and after.
-OWN_ACTIVATIONS = ("softmax", "sigmoid", "tanh")
+# Activations with an int8 TFLite kernel of their own (HARD_SWISH; x * sigmoid(x) converts to LOGISTIC and
+# MUL, whose fixed output scale needs no range), quantized before and after.
+OWN_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish")
 RANGE_DECAY = 0.99
 
 
@@ -71,8 +72,8 @@ class QuantizationPhases(Scheduled):
             )
 
         self.qat_step = scalar("qat_step", 0.0)
-        # Step points (ints) are known now; fractions become steps when fit starts.
-        self.qat_start = scalar("qat_start", 0.0 if is_fraction(self.start) else float(self.start))
+        # Step points (ints) are known now; fractions become steps when fit starts (until then: float).
+        self.qat_start = scalar("qat_start", NEVER if is_fraction(self.start) else float(self.start))
         freeze = NEVER if self.freeze is None or is_fraction(self.freeze) else float(self.freeze)
         self.qat_freeze = scalar("qat_freeze", freeze)
 
