@@ -246,35 +246,49 @@ class QuantizedKernel(QuantizationPhases):
         """Conv + BatchNorm as one op, with the BatchNorm scale in the (fake-quantized) kernel.
 
         In training the kernel is scaled by the moving deviation (stable int8
-        weights) and the output corrected to the batch's until `freeze`, so
-        before `start` this is exactly Conv + BatchNorm in training mode.
+        weights) and the output corrected to the batch's until `freeze`.
+        Before `start` training computes Conv + BatchNorm in training mode
+        from the one convolution the batch statistics need; from `start` the
+        folded kernel runs a second one.
         """
         epsilon = self.fold["epsilon"]
         mean, variance = ops.convert_to_tensor(self.bn_moving_mean), ops.convert_to_tensor(self.bn_moving_variance)
-        if training:
-            raw = self._core(inputs, kernel)
-            if bias is not None:
-                raw = raw + bias
-            axes = tuple(range(len(raw.shape) - 1))
-            batch_mean, batch_variance = ops.moments(raw, axes=axes)
-            momentum = self.fold["momentum"]
-            stop_mean, stop_variance = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_variance)
-            self.bn_moving_mean.assign(
-                ops.where(frozen, mean, mean * momentum + stop_mean * (1 - momentum)))
-            self.bn_moving_variance.assign(
-                ops.where(frozen, variance, variance * momentum + stop_variance * (1 - momentum)))
-            mean = ops.where(frozen, mean, batch_mean)
-            variance = ops.where(frozen, variance, batch_variance)
-        moving_deviation = ops.sqrt(ops.convert_to_tensor(self.bn_moving_variance) + epsilon)
-        deviation = ops.sqrt(variance + epsilon)
-        gamma = ops.convert_to_tensor(self.bn_gamma)
-        folded = kernel * ops.reshape(gamma / moving_deviation, self._channel_shape())
-        folded = _when(on, self._fake_quant, folded)
-        outputs = self._core(inputs, folded)
-        if training:
-            outputs = outputs * (moving_deviation / deviation)
+        gamma, beta = ops.convert_to_tensor(self.bn_gamma), ops.convert_to_tensor(self.bn_beta)
+        if not training:
+            deviation = ops.sqrt(variance + epsilon)
+            folded = _when(on, self._fake_quant, self._folded_kernel(kernel, gamma, deviation))
+            return self._core(inputs, folded) + self._folded_shift(bias, mean, deviation, gamma, beta)
+        raw = self._core(inputs, kernel)
+        if bias is not None:
+            raw = raw + bias
+        batch_mean, batch_variance = ops.moments(raw, axes=tuple(range(len(raw.shape) - 1)))
+        momentum = self.fold["momentum"]
+        stop_mean, stop_variance = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_variance)
+        self.bn_moving_mean.assign(ops.where(frozen, mean, mean * momentum + stop_mean * (1 - momentum)))
+        self.bn_moving_variance.assign(
+            ops.where(frozen, variance, variance * momentum + stop_variance * (1 - momentum)))
+        mean = ops.where(frozen, mean, batch_mean)
+        deviation = ops.sqrt(ops.where(frozen, variance, batch_variance) + epsilon)
+
+        def quantized():
+            moving_deviation = ops.sqrt(ops.convert_to_tensor(self.bn_moving_variance) + epsilon)
+            outputs = self._core(inputs, self._fake_quant(self._folded_kernel(kernel, gamma, moving_deviation)))
+            return outputs * (moving_deviation / deviation) + self._folded_shift(bias, mean, deviation, gamma, beta)
+
+        def float_():
+            # `freeze` never comes before `start`: here the statistics are the batch's.
+            return (raw - mean) * (gamma / deviation) + beta
+
+        return ops.cond(on, quantized, float_)
+
+    def _folded_kernel(self, kernel, gamma, moving_deviation):
+        """The kernel with the BatchNorm scale (over the moving deviation) in it."""
+        return kernel * ops.reshape(gamma / moving_deviation, self._channel_shape())
+
+    @staticmethod
+    def _folded_shift(bias, mean, deviation, gamma, beta):
         shift = -mean if bias is None else bias - mean
-        return outputs + (ops.convert_to_tensor(self.bn_beta) + gamma * shift / deviation)
+        return beta + gamma * shift / deviation
 
     def _fake_quant(self, kernel):
         return fake_quant_weights(kernel, -1 if self.per_channel else None)
