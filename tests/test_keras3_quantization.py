@@ -133,43 +133,16 @@ def test_int8_export_is_fully_integer_keeps_zeros_and_matches_keras(resumed, dat
     assert np.mean(dense == 0) == pytest.approx(0.5, abs=0.01)  # the pruned zeros, int8 zeros on LiteRT
 
 
-def test_zero_padding_of_resnet_and_mobilenet_stems_exports_fully_int8(data, tmp_path):
-    """ZeroPadding before a VALID conv (keras.applications' ResNet50, MobileNetV2, EfficientNet) keeps its input's range."""
-    x, y, x_test, y_test = data
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 1))
-    h = keras.layers.ZeroPadding2D(1, name="stem_pad")(inputs)
-    h = keras.layers.Conv2D(16, 3, use_bias=False, name="stem_conv")(h)
-    h = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(h)
-    h = keras.layers.ReLU(6.0, name="stem_relu")(h)
-    h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="block_pad")(h)
-    h = keras.layers.DepthwiseConv2D(3, use_bias=False, name="block_dw")(h)
-    h = keras.layers.BatchNormalization(momentum=0.9, name="block_bn")(h)
-    h = keras.layers.ReLU(name="block_relu")(h)
-    h = keras.layers.Conv2D(32, 1, activation="relu", name="block_project")(h)
-    h = keras.layers.Flatten()(h)
-    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-    qat = compiled(tfc.quantize(model, start=0.3))
-    assert type(qat.get_layer("stem_pad")) is keras.layers.ZeroPadding2D
-    assert isinstance(qat.get_layer("stem_conv"), QuantConv2D)
-    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-    result = tflite_export.export(qat, tmp_path / "padded.tflite", precision="int8", latency_runs=0)
-    assert result.quantization_aware and result.calibration_samples == 0
-    content = (tmp_path / "padded.tflite").read_bytes()
-    assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
-    keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
-    litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
-    assert keras_accuracy > 0.8 and abs(litert_accuracy - keras_accuracy) <= 0.005
-
-
-def test_mobilenetv3_and_efficientnet_blocks_export_fully_int8(data, tmp_path):
-    """keras.applications' input scaling, hard-swish / swish and squeeze-excite (hard sigmoid written as tensor arithmetic)."""
+def test_applications_blocks_export_fully_int8(data, tmp_path):
+    """keras.applications' layers: input scaling, zero padding before a VALID conv (ResNet50, MobileNetV2,
+    EfficientNet), hard-swish / swish and squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic)."""
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Rescaling(2.0, offset=-1.0, name="rescaling")(inputs)  # MobileNetV3's [-1, 1]
     h = keras.layers.Normalization(mean=0.1, variance=0.5, name="normalization")(h)  # EfficientNet's
-    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(h)
+    h = keras.layers.ZeroPadding2D(1, name="conv_pad")(h)
+    h = keras.layers.Conv2D(16, 3, use_bias=False, name="conv")(h)
     h = keras.layers.BatchNormalization(momentum=0.9, name="conv_bn")(h)
     h = keras.layers.Activation("hard_silu", name="conv_hard_swish")(h)
     squeezed = keras.layers.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h)
@@ -183,6 +156,7 @@ def test_mobilenetv3_and_efficientnet_blocks_export_fully_int8(data, tmp_path):
     qat = compiled(tfc.quantize(model, start=0.3))
     assert isinstance(qat.get_layer("project"), QuantConv2D)
     assert isinstance(qat.get_layer("normalization_quant"), ActivationQuantizer)
+    assert type(qat.get_layer("conv_pad")) is keras.layers.ZeroPadding2D  # zeros keep the input's range
     # The rewritten input layers (a MUL and an ADD with a range each) compute what the float ones did.
     np.testing.assert_allclose(
         keras.Model(qat.inputs, qat.get_layer("normalization_quant").output)(x_test),
