@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 from helpers import compile_classifier, dense_digits_model
 
 import tfcompress as tfc
@@ -258,6 +259,33 @@ class _SignGate(keras.layers.Layer):
         if tf.reduce_mean(x) < 0:
             return -x
         return x
+
+
+class _SignedDense(keras.layers.Dense, tfmot.sparsity.keras.PrunableLayer):
+    """A prunable Dense that flips its output when the batch mean is negative: a Python `if` on a tensor."""
+
+    def get_prunable_weights(self):
+        return [self.kernel]
+
+    def call(self, x):
+        y = super().call(x)
+        if tf.reduce_mean(y) < 0:
+            return -y
+        return y
+
+
+def test_a_wrapped_layer_that_needs_autograph_trains_pruned(digits):
+    """tfmot's helpers run as written in a trace; the wrappers, which call the user's layer, keep autograph."""
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = _SignedDense(16, name="signed")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    pruned = compile_classifier(tfc.prune(model, final_sparsity=0.5))
+    assert isinstance(pruned.get_layer("prune_low_magnitude_signed"), PruneLowMagnitude)
+    pruned.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    kernel = tfc.strip(pruned).get_layer("signed").kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_layer_that_needs_autograph_still_prunes_and_strips(digits):

@@ -41,7 +41,6 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 )
 
 
-
 def _trace_tfmot_without_autograph():
     """Has autograph leave tfmot's code as written when a train step is traced.
 
@@ -52,8 +51,9 @@ def _trace_tfmot_without_autograph():
     two-conv digits CNN's 2-epoch fit took 6.1-7.7 CPU s with it and
     2.7-3.6 without, the same accuracy (alternating runs). TensorFlow
     exempts Keras's own code the same way. tfcompress's subclasses are
-    still converted; code tfmot calls directly (the wrapped layer's `call`)
-    runs as written, as Keras's own layers do.
+    still converted, and so is the wrapped layer's `call` (tf_keras converts
+    a layer's `call` itself when the wrapper calls it): a user's layer that
+    branches on a tensor in Python trains wrapped (tests/test_pruning.py).
     """
     try:
         from tensorflow.python.autograph.core import config, config_lib
