@@ -135,7 +135,8 @@ def test_int8_export_is_fully_integer_keeps_zeros_and_matches_keras(resumed, dat
 
 def test_applications_blocks_export_fully_int8(data, tmp_path):
     """keras.applications' layers: input scaling, zero padding before a VALID conv (ResNet50, MobileNetV2,
-    EfficientNet), hard-swish / swish and squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic)."""
+    EfficientNet), hard-swish / swish, squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic)
+    and DenseNet's concatenation."""
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
@@ -150,6 +151,8 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     squeezed = keras.layers.Conv2D(16, 1, name="se_expand")(squeezed)
     squeezed = keras.layers.ReLU(6.0, name="se_relu6")(squeezed + 3.0) * (1.0 / 6.0)
     h = keras.layers.Multiply(name="se_excite")([h, squeezed])
+    grown = keras.layers.Conv2D(8, 1, activation="relu", name="dense_grow")(h)
+    h = keras.layers.Concatenate(name="dense_concat")([h, grown])  # DenseNet's
     h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="silu", name="project")(h)
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))

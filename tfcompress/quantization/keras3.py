@@ -43,6 +43,8 @@ RANGED = (
     keras.layers.Add, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
     keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
     keras.layers.Multiply,
+    # Inputs with other ranges are requantized by the converter (DenseNet's blocks).
+    keras.layers.Concatenate,
 )
 # Arithmetic written on tensors in a functional model (`x + 3.0`, `x * (1 / 6)`: MobileNetV3's hard
 # sigmoid): TFLite's int8 ADD and MUL take any input and output scales.
