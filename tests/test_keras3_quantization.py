@@ -165,6 +165,12 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
         keras.Model(qat.inputs, qat.get_layer("normalization_quant").output)(x_test),
         keras.Model(model.inputs, model.get_layer("normalization").output)(x_test), atol=1e-5,
     )
+    # A scale without offset (EfficientNet's Rescaling(1 / 255)) is one multiply with one range.
+    scaled_input = keras.Input((8, 8, 1))
+    scaled = keras.layers.Rescaling(0.5, name="scale_only")(scaled_input)
+    scaled = keras.Model(scaled_input, keras.layers.Dense(10)(keras.layers.Flatten()(scaled)))
+    names = [layer.name for layer in tfc.quantize(scaled).layers]
+    assert "scale_only_quant" in names and "scale_only_scale_quant" not in names
     qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     result = tflite_export.export(qat, tmp_path / "blocks.tflite", precision="int8", latency_runs=0)
     assert result.quantization_aware and result.calibration_samples == 0

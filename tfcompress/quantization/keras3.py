@@ -281,16 +281,11 @@ def _rewrite(model, functional, plan, start, freeze):
     def affine(layer):
         # TFLite has no int8 op for x * scale + offset: a MUL and an ADD, each with the range of its output.
         scale, offset = _affine(layer)
-        scaled = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_scale_quant")
         shifted = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_quant")
-
-        def call(inputs, **kwargs):
-            outputs = keras.ops.multiply(inputs, scale)
-            if not np.any(offset):
-                return shifted(outputs)
-            return shifted(keras.ops.add(scaled(outputs), offset))
-
-        return call
+        if not np.any(offset):
+            return lambda inputs, **kwargs: shifted(keras.ops.multiply(inputs, scale))
+        scaled = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_scale_quant")
+        return lambda inputs, **kwargs: shifted(keras.ops.add(scaled(keras.ops.multiply(inputs, scale)), offset))
 
     def replace(layer):
         if id(layer) in replacements:
