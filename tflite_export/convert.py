@@ -196,13 +196,24 @@ def _strip_for_conversion(model, notes):
 _REFERENCES = weakref.WeakKeyDictionary()
 
 
-def _fp32_reference(original, model, qat, notes):
-    """FP32 flatbuffer bytes to time an export against; `original` is the model `export` was given."""
-    digest = _weights_digest(original)
+def _cached_reference(original, digest):
+    """`(FP32 flatbuffer, notes)` converted earlier for `original` at weights `digest`, or None."""
     cached = _REFERENCES.get(original)
     if cached is not None and cached[0] == digest:
-        notes.extend(cached[2])
-        return cached[1]
+        return cached[1], cached[2]
+    return None
+
+
+def _fp32_reference(original, model, qat, notes, digest=None):
+    """FP32 flatbuffer bytes to time an export against; `original` is the model `export` was given.
+
+    `digest`: `original`'s weights digest when the caller already computed it.
+    """
+    digest = digest or _weights_digest(original)
+    cached = _cached_reference(original, digest)
+    if cached is not None:
+        notes.extend(cached[1])
+        return cached[0]
     reference_notes = []
     content = convert_to_bytes(_float_reference(model, qat, reference_notes), "fp32")
     _REFERENCES[original] = (digest, content, reference_notes)
@@ -742,18 +753,19 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         notes.append(f"representative_data ignored: {precision} needs no calibration")
 
     started = time.perf_counter()
-    float_model, unrolled = model, []
+    float_model, unrolled, digest = model, [], None
     if samples is not None and recurrent_layers(model):
         digest = _weights_digest(original)
-        cached = None if qat else _REFERENCES.get(original)  # a QAT model's reference is its float twin's
-        known = cached[1] if cached is not None and cached[0] == digest else None
-        model, unrolled, probe = _calibratable(model, notes, probe=known)
+        # A QAT model's reference is its float twin's, not the probe of the QAT graph.
+        known = None if qat else _cached_reference(original, digest)
+        model, unrolled, probe = _calibratable(model, notes, probe=known and known[0])
         if not qat:  # the probe is this model's FP32 file: the latency reference
             _REFERENCES[original] = (digest, probe, [])
     content = convert_to_bytes(model, precision, samples, io_dtype, notes=notes)
     conversion_seconds = time.perf_counter() - started
     if precision == "fp32" and not qat:  # this dense file is the latency reference at other precisions
-        _REFERENCES[original] = (_weights_digest(original), content, [])
+        digest = digest or _weights_digest(original)
+        _REFERENCES[original] = (digest, content, [])
     dense_bytes, sparse_bytes, sparse_state = len(content), None, "off"
     dense_gzip_bytes = sparse_gzip_bytes = None
     sparsity = weight_sparsity(model)
@@ -816,7 +828,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         # The FP32 reference only times the export: without latency runs it is not converted.
         reference = None
         if latency_runs:
-            reference = content if precision == "fp32" else _fp32_reference(original, float_model, qat, notes)
+            reference = content if precision == "fp32" else _fp32_reference(
+                original, float_model, qat, notes, digest)
         verification = compare(content, x, y, keras_model=keras_model, reference_content=reference,
                                num_threads=num_threads, latency_runs=latency_runs)
         verification.check(min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop)
