@@ -4,6 +4,8 @@ Imported by test files (`from helpers import ...`) and by the scripts that run
 in a fresh interpreter (tests/fresh_process.py), which cannot use fixtures.
 """
 
+import numpy as np
+
 from tfcompress._keras import keras
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "edgetpu")
@@ -49,14 +51,14 @@ def fit(model, x, y, **kwargs):
     """`model.fit(x, y, **kwargs)` for a compiled one-output tf_keras model, its train step traced once.
 
     tf_keras creates the optimizer's slots and the compiled loss and metrics' variables inside
-    the first train step, and a `tf.function` that creates variables is traced a second time
-    (as `tfc.CompressionCallback` avoids for compression fits). Created here first, from one
-    example: the same fit, the same weights, one trace.
+    the first train step, and a `tf.function` that creates variables is traced a second time.
+    Created here first, from the data's spec, by what `tfc.CompressionCallback` runs before a
+    compression fit's first step: the same fit, the same weights, one trace.
     """
     import tensorflow as tf
 
-    y_pred = model(x[:1])
-    model.optimizer.build(model.trainable_variables)
-    model.compiled_loss.build(y_pred)
-    model.compiled_metrics.build(y_pred, tf.constant(y[:1]))
+    from tfcompress.callbacks import _create_training_variables
+
+    spec = tuple(tf.TensorSpec([None, *np.shape(a)[1:]], tf.as_dtype(np.asarray(a).dtype)) for a in (x, y))
+    _create_training_variables(model, spec)
     return model.fit(x, y, **kwargs)
