@@ -182,3 +182,35 @@ def test_stripped_qat_model_saves_and_loads(float_cnn, digits, tmp_path):
     with tfmot.quantization.keras.quantize_scope():
         loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x_test, verbose=0), final.predict(x_test, verbose=0), atol=1e-6)
+
+
+class Scale(keras.layers.Layer):
+    """A user's layer QAT cannot cover; counts how many times it is constructed."""
+
+    constructed = 0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        Scale.constructed += 1
+
+    def build(self, input_shape):
+        self.scale = self.add_weight("scale", shape=input_shape[-1:], initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+
+def test_quantize_copies_the_model_once_and_leaves_it_untouched():
+    inputs = keras.Input((8, 8, 1))
+    h = Scale(name="scale")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    model.get_layer("scale").set_weights([np.arange(64, dtype="float32")])
+    calls = {layer.name: len(layer._inbound_nodes) for layer in model.layers}
+    Scale.constructed = 0
+    qat = quantize(model, unsupported="float")
+    # One copy (tfmot's layout transform), kept by the QAT model: not one per clone of the model.
+    assert Scale.constructed == 1
+    np.testing.assert_array_equal(qat.get_layer("scale").get_weights()[0], np.arange(64))
+    assert isinstance(qat.get_layer("quant_logits"), QuantizeWrapper)
+    assert {layer.name: len(layer._inbound_nodes) for layer in model.layers} == calls
+    assert not hasattr(model, "use_legacy_config")

@@ -2,6 +2,7 @@
 
 import copy
 
+import tensorflow as tf
 from absl import logging
 from tfcompress._tfmot import (
     tfmot,
@@ -12,11 +13,8 @@ from tfcompress._tfmot import (
 from tfcompress._keras import KERAS3, check_model, float32_global_policy, generation, keras
 from tfcompress._layers import (
     all_layers,
-    clone_with_weights,
     computes_in_half,
-    copy_weights_by_name,
     float32_copy,
-    fresh_copy,
     layer_selector,
     rebuild,
     walk,
@@ -49,6 +47,9 @@ SCHEMES = {
 }
 
 UNSUPPORTED = ("error", "float")
+
+# tfmot's config for an unannotated layer feeding an annotated one (`quantize_apply` wraps it so).
+OutputOnlyConfig = default_8bit_quantize_configs.quantize_config.OutputOnlyConfig
 
 
 def attach_phase_report(model):
@@ -111,58 +112,80 @@ def _selector(model, layers):
     return lambda layer: chosen(layer) or chosen(unwrapped(layer))
 
 
-def _annotate(model, quantized, registry):
-    """`model` with tfmot's annotation on the layers named in `quantized`.
+def _layout(model, quantized, scheme):
+    """tfmot's layout transform of `model`, with what `quantize_apply` learns from annotations.
 
-    `TFOpLambda` layers stay unannotated (the annotation wrapper loses their
-    call arguments); the scheme's layout adds them by name.
+    tfmot's `quantize_annotate` + `quantize_apply` clone the model three times
+    before their layout transform only to read which layers are annotated
+    (and with which config); `model` itself says it, so the transform reads
+    `model` directly and the wrapping in `_wrap` is the one clone. `TFOpLambda`
+    layers stay unannotated (the scheme's layout adds them by name).
+
+    Returns:
+        (the transformed model, tfmot's layer -> quantize config map, the
+        names of unannotated layers feeding an annotated one, whose output
+        tfmot quantizes)
     """
     convs_into_norm, norm_configs = _wrapped_conv_batchnorm(model)
-
-    def annotate(layer):
-        if layer.name not in quantized or is_op_layer(layer):
-            return layer
+    registry = scheme.get_quantize_registry()
+    annotated = {layer.name: layer for layer in model.layers if layer.name in quantized and not is_op_layer(layer)}
+    layer_quantize_map = {}
+    for name, layer in annotated.items():
+        config = norm_configs.get(name)
         if isinstance(layer, COMPRESSION_WRAPPERS):
             config = WrappedLayerQuantizeConfig(
-                registry.get_quantize_config(unwrapped(layer)), quantize_activation=layer.name not in convs_into_norm
+                registry.get_quantize_config(unwrapped(layer)), quantize_activation=name not in convs_into_norm
             )
-            return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
-        if layer.name in norm_configs:
-            return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=norm_configs[layer.name])
-        return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        layer_quantize_map[name] = {"quantize_config": config}
+    # The model's own calls of each layer (the user may have called its layers elsewhere too).
+    calls = {}
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            calls.setdefault(node.layer.name, []).append(tf.nest.flatten(node.inbound_layers))
+    output_only = set()
+    for name in annotated:
+        for inbound in calls[name]:
+            layer_quantize_map.update((i.name, {}) for i in inbound if i in model._input_layers)
+        if len(calls[name]) == 1 and len(calls[name][0]) == 1 and calls[name][0][0].name not in annotated:
+            output_only.add(calls[name][0][0].name)
+    legacy = hasattr(model, "use_legacy_config")
+    try:
+        transformed, layer_quantize_map = scheme.get_layout_transformer().apply(model, layer_quantize_map)
+    finally:
+        # The transform sets it on the model it reads, here the user's (as tf_keras's .h5 saving does, and undoes).
+        if not legacy and hasattr(model, "use_legacy_config"):
+            delattr(model, "use_legacy_config")
+    return transformed, layer_quantize_map, output_only
 
-    return keras.models.clone_model(model, clone_function=annotate)
 
-
-def _with_phases(qat_model, model, start, freeze):
-    """Swaps tfmot's wrappers for the phased ones, keeping every weight.
+def _wrap(transformed, layer_quantize_map, output_only, registry, model, start, freeze):
+    """Wraps the layers of the transformed model in the phased wrappers, as `quantize_apply` wraps in its own.
 
     Pruning and clustering wrappers inside take their weights from `model`,
-    the one the user passed: tfmot's cloning copies weights by position, and
+    the one the user passed: the transform copies weights by position, and
     a clustering wrapper's weight order changes once it has been called.
     """
     originals = {layer.name: layer for layer in all_layers(model) if isinstance(layer, COMPRESSION_WRAPPERS)}
 
-    def swap(layer):
-        config = layer.get_config()
-        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
-            new = QuantizeWrapper(
-                rebuilt_copy(layer.layer, originals.get(layer.layer.name, layer)), copy.deepcopy(layer.quantize_config),
-                start=start, freeze=freeze, name=layer.name,
-            )
-        elif isinstance(layer, quantize_layer.QuantizeLayer):
-            new = QuantizeInput.from_config({**config, "start": start, "freeze": freeze})
+    def wrap(layer):
+        if isinstance(layer, quantize_layer.QuantizeLayer):
+            config = layer.get_config()
+            if len(layer._outbound_nodes) <= 1:  # tfmot leaves one feeding several layers as the transform made it
+                config.update(layer_quantize_map.get(layer.name, {}))
+            return QuantizeInput.from_config({**config, "start": start, "freeze": freeze})
+        if layer.name in output_only:
+            if not registry.supports(layer):
+                return layer
+            config = OutputOnlyConfig(registry.get_quantize_config(layer))
+        elif layer.name in layer_quantize_map:
+            config = layer_quantize_map[layer.name].get("quantize_config") or registry.get_quantize_config(layer)
         else:
-            new = fresh_copy(layer)
-        return new
+            return layer
+        name = f"quant_{layer.name}"
+        inner = rebuilt_copy(layer, originals[layer.name]) if layer.name in originals else rebuilt_copy(layer, layer, name)
+        return QuantizeWrapper(inner, copy.deepcopy(config), start=start, freeze=freeze, name=name)
 
-    def copy_weights(old, new):
-        copy_weights_by_name(old, new, fresh=QuantizeWrapper.PHASE_WEIGHTS)
-        if isinstance(new, QuantizeWrapper) and new.layer.name in originals:
-            copy_weights_by_name(originals[new.layer.name], new.layer)
-
-    with tfmot.quantization.keras.quantize_scope():
-        return clone_with_weights(qat_model, swap, copy=copy_weights)
+    return keras.models.clone_model(transformed, clone_function=wrap)
 
 
 def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsupported="error"):
@@ -324,11 +347,10 @@ def _quantize(model, layers, preserve, unsupported, start, freeze):
     classes = {type(layer).__name__: type(layer) for layer in walk(model)}
 
     def build():
-        annotated = _annotate(model, quantized, scheme.get_quantize_registry())
         with tfmot.quantization.keras.quantize_scope(classes):
-            return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+            transformed, layer_quantize_map, output_only = _layout(model, quantized, scheme)
+            return _wrap(transformed, layer_quantize_map, output_only, scheme.get_quantize_registry(), model, start, freeze)
 
-    qat_model = rebuild(build)
-    phased = _with_phases(qat_model, model, start, freeze)
+    phased = rebuild(build)
     attach_phase_report(phased)
     return phased

@@ -317,16 +317,17 @@ def find_quantization_layers(model):
     return walk(model, PhasedQuantization)
 
 
-def rebuilt_copy(layer, source):
+def rebuilt_copy(layer, source, scope=None):
     """A fresh copy of `layer`, built, holding the values of `source`'s weights.
 
     Quantizers look at the weights when they are built (tfmot's
     cluster-preserving quantizer counts the kernel's distinct values), so a
     wrapper must wrap a layer that already holds its trained weights.
+    `scope` names the wrapper to come (`source`'s name by default).
     """
     # Under the wrapper's scope, as when a wrapper builds its layer: bare `kernel:0` names collide in .h5 files.
     # The copy too: a wrapper's config builds the wrapper inside it (a pruned layer inside clustering).
-    with tf.name_scope(source.name):
+    with tf.name_scope(scope or source.name):
         copy_ = fresh_copy(layer)
         # The wrapper is wired into the model, so its input shape is known; the inner layer's may not be.
         copy_.build(source.input_shape)
