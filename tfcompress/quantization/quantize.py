@@ -148,13 +148,10 @@ def _layout(model, quantized, scheme):
             layer_quantize_map.update((i.name, {}) for i in inbound if i in model._input_layers)
         if len(calls[name]) == 1 and len(calls[name][0]) == 1 and calls[name][0][0].name not in annotated:
             output_only.add(calls[name][0][0].name)
-    legacy = hasattr(model, "use_legacy_config")
     try:
         transformed, layer_quantize_map = scheme.get_layout_transformer().apply(model, layer_quantize_map)
     finally:
-        # The transform sets it on the model it reads, here the user's (as tf_keras's .h5 saving does, and undoes).
-        if not legacy and hasattr(model, "use_legacy_config"):
-            delattr(model, "use_legacy_config")
+        vars(model).pop("use_legacy_config", None)  # the transform sets it on the model it reads: the user's
     return transformed, layer_quantize_map, output_only
 
 
