@@ -97,6 +97,16 @@ def test_the_rewrite_folds_batchnorm_and_keeps_the_float_model_until_start(data)
         if hasattr(layer, "resolve_schedule"):
             layer.resolve_schedule(100)
     np.testing.assert_allclose(qat(x_test, training=True), model(x_test, training=True), atol=1e-4)
+    # After a Conv with its own ReLU a BatchNorm cannot fold (it would normalize before the ReLU): its affine.
+    inputs = keras.Input((8, 8, 1))
+    activated = keras.layers.Conv2D(8, 3, activation="relu", name="relu_conv")(inputs)
+    activated = keras.Model(inputs, keras.layers.BatchNormalization(name="relu_conv_bn")(activated))
+    norm = activated.get_layer("relu_conv_bn")
+    norm.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else rng.normal(0, 0.3, w.shape)
+                      for i, w in enumerate(norm.get_weights())])
+    rewritten = tfc.quantize(activated, start=10)
+    assert "relu_conv_bn_scale_quant" in {layer.name for layer in rewritten.layers}
+    np.testing.assert_allclose(rewritten(x_test), activated(x_test), atol=1e-4)
 
 
 def test_resumed_fit_follows_the_schedule_and_keeps_the_zeros(resumed):
@@ -135,8 +145,9 @@ def test_int8_export_is_fully_integer_keeps_zeros_and_matches_keras(resumed, dat
 
 def test_applications_blocks_export_fully_int8(data, tmp_path):
     """keras.applications' layers: input scaling, zero padding before a VALID conv (ResNet50, MobileNetV2,
-    EfficientNet), hard-swish / swish, squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic)
-    and DenseNet's concatenation."""
+    EfficientNet), hard-swish / swish, squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic),
+    DenseNet's concatenation, pre-activation BatchNorm (ResNet50V2's too) and average pooling, Xception's
+    and NASNet's SeparableConv2D, and Keras's hard_sigmoid activation."""
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
@@ -151,20 +162,37 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     squeezed = keras.layers.Conv2D(16, 1, name="se_expand")(squeezed)
     squeezed = keras.layers.ReLU(6.0, name="se_relu6")(squeezed + 3.0) * (1.0 / 6.0)
     h = keras.layers.Multiply(name="se_excite")([h, squeezed])
-    grown = keras.layers.Conv2D(8, 1, activation="relu", name="dense_grow")(h)
+    # An activation argument: the Conv stays linear and relu6(x + 3) / 6 follows.
+    grown = keras.layers.Conv2D(8, 1, activation="hard_sigmoid", name="dense_grow")(h)
     h = keras.layers.Concatenate(name="dense_concat")([h, grown])  # DenseNet's
-    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="silu", name="project")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="preact_bn")(h)  # nothing to fold into
+    h = keras.layers.ReLU(name="preact_relu")(h)
+    h = keras.layers.SeparableConv2D(24, 3, padding="same", use_bias=False, name="separable")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="separable_bn")(h)
+    h = keras.layers.Activation("hard_sigmoid", name="hard_sigmoid")(h)
+    h = keras.layers.AveragePooling2D(2, name="transition_pool")(h)  # DenseNet's: int8 with its input's scale
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="silu", name="project")(h)
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    rng = np.random.default_rng(0)  # a trained BatchNorm's statistics, scale and shift
+    preact = model.get_layer("preact_bn")
+    preact.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else rng.normal(0, 0.3, w.shape)
+                        for i, w in enumerate(preact.get_weights())])
     qat = compiled(tfc.quantize(model, start=0.3))
     assert isinstance(qat.get_layer("project"), QuantConv2D)
     assert isinstance(qat.get_layer("normalization_quant"), ActivationQuantizer)
     assert type(qat.get_layer("conv_pad")) is keras.layers.ZeroPadding2D  # zeros keep the input's range
-    # The rewritten input layers (a MUL and an ADD with a range each) compute what the float ones did.
-    np.testing.assert_allclose(
-        keras.Model(qat.inputs, qat.get_layer("normalization_quant").output)(x_test),
-        keras.Model(model.inputs, model.get_layer("normalization").output)(x_test), atol=1e-5,
-    )
+    assert "transition_pool_quant" not in {layer.name for layer in qat.layers}
+    # The standalone BatchNorm is a multiply (ranged) and an add (the fused ReLU's range).
+    names = {layer.name for layer in qat.layers}
+    assert {"preact_bn_scale_quant", "preact_relu_quant"} <= names and not {"preact_bn", "preact_bn_quant"} & names
+    # SeparableConv2D: a depthwise (output ranged) and a 1x1 convolution with the BatchNorm folded in.
+    assert isinstance(qat.get_layer("separable_depthwise"), QuantDepthwiseConv2D)
+    pointwise = qat.get_layer("separable")
+    assert isinstance(pointwise, QuantConv2D) and pointwise.kernel.shape == (1, 1, 24, 24) and pointwise.fold
+    assert {"hard_sigmoid_relu6_quant", "hard_sigmoid_quant", "dense_grow_relu6_quant"} <= names
+    # Before start, the rewritten model computes what the float one did (the standalone BatchNorm at inference).
+    np.testing.assert_allclose(qat(x_test), model(x_test), atol=1e-4)
     # A scale without offset (EfficientNet's Rescaling(1 / 255)) is one multiply with one range.
     scaled_input = keras.Input((8, 8, 1))
     scaled = keras.layers.Rescaling(0.5, name="scale_only")(scaled_input)
@@ -174,6 +202,12 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     result = tflite_export.export(qat, tmp_path / "blocks.tflite", precision="int8", latency_runs=0)
     assert result.quantization_aware and result.calibration_samples == 0
+    ops = result.op_counts
+    # The separable pair; six CONV_2D with the pointwise one.
+    assert ops["DEPTHWISE_CONV_2D"] == 1 and ops["CONV_2D"] == 6
+    # MUL: Rescaling, Normalization, SE's * (1 / 6) and excite, silu, preact_bn, both hard sigmoids;
+    # ADD: Rescaling, Normalization, SE's + 3, preact_bn, both hard sigmoids (their RELU6 fused in).
+    assert ops["MUL"] == 8 and ops["ADD"] == 6 and "RELU6" not in ops
     content = (tmp_path / "blocks.tflite").read_bytes()
     assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
     keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)

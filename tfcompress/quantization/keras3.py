@@ -3,12 +3,15 @@
 tfmot wraps only tf_keras models and Keras 3 has no int8 QAT, so tfcompress
 rewrites a Keras 3 Sequential or functional model itself, layer by layer:
 kernel layers become their quantization-aware twins (`keras3_layers.py`), a
-BatchNormalization after a Dense or convolution folds into it, weightless
-layers and tensor arithmetic that change a tensor's range (ReLU, Add,
-Multiply, average pooling, `x + 3.0`) get an `ActivationQuantizer` after
-them, Rescaling and Normalization become a multiply and an add with a range
-each, and layers that only move values (max pooling, Flatten, Reshape,
-Dropout, zero padding) stay as they are. Pruning and clustering
+SeparableConv2D becomes a depthwise and a 1x1 convolution (what TFLite runs),
+a BatchNormalization after a Dense or linear convolution folds into it,
+weightless layers and tensor arithmetic that change a tensor's range (ReLU,
+Add, Multiply, global average pooling, `x + 3.0`) get an
+`ActivationQuantizer` after them, hard sigmoid becomes `relu6(x + 3) * (1 / 6)`
+with ranges, Rescaling, Normalization and any other BatchNormalization become
+a multiply and an add with a range each, and layers that only move values or
+stay inside their input's range (max and average pooling, Flatten, Reshape,
+Dropout, zero padding, cropping) stay as they are. Pruning and clustering
 constraints stay on the kernels, so the masked or clustered kernel is the one
 that gets fake-quantized.
 """
@@ -25,6 +28,8 @@ from tfcompress.quantization.keras3_layers import (
     OWN_ACTIVATIONS,
     QUANTIZATION_LAYERS,
     ActivationQuantizer,
+    QuantConv2D,
+    QuantDepthwiseConv2D,
     QuantizedKernel,
     activation_name,
 )
@@ -37,10 +42,16 @@ PASS_THROUGH = (
     keras.layers.GlobalMaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
     # Zeros are exact in int8 (every range includes 0): TFLite pads with the zero point.
     keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+    # NASNet's adjust block crops: a slice keeps every value it keeps exactly.
+    keras.layers.Cropping1D, keras.layers.Cropping2D,
+    # TFLite's int8 AVERAGE_POOL_2D takes one scale for input and output (an average stays in its input's
+    # range); a range of its own fails to convert (DenseNet's transitions, NASNet's cells).
+    keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
 )
 # Weightless layers whose output gets a range of its own.
 RANGED = (
-    keras.layers.Add, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    keras.layers.Add,
+    # Global average pooling converts to MEAN, which requantizes.
     keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
     keras.layers.Multiply,
     # Inputs with other ranges are requantized by the converter (DenseNet's blocks).
@@ -49,8 +60,12 @@ RANGED = (
 # Arithmetic written on tensors in a functional model (`x + 3.0`, `x * (1 / 6)`: MobileNetV3's hard
 # sigmoid): TFLite's int8 ADD and MUL take any input and output scales.
 RANGED_OPS = (keras.src.ops.numpy.Add, keras.src.ops.numpy.Multiply, keras.src.ops.numpy.Subtract)
-# Per-channel affine input layers (x * scale + offset), rewritten as a MUL and an ADD with a range each.
-AFFINE = (keras.layers.Rescaling, keras.layers.Normalization)
+# Per-channel affine layers (x * scale + offset), rewritten as a MUL and an ADD with a range each; a
+# BatchNormalization is one of them when it has no Dense / Conv to fold into (pre-activation nets).
+AFFINE = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.BatchNormalization)
+# Hard sigmoid, `relu6(x + 3) / 6` in Keras 3: TFLite has no int8 kernel for it, so it becomes an ADD with the
+# RELU6 fused (one range) and a MUL by 1 / 6 (one range).
+HARD_SIGMOID = "hard_sigmoid"
 
 
 def _is_relu(layer):
@@ -59,6 +74,13 @@ def _is_relu(layer):
         config = layer.get_config()
         return config["max_value"] in (None, 6.0) and not config["negative_slope"] and not config["threshold"]
     return type(layer) is keras.layers.Activation and activation_name(layer.activation) in ("relu", "relu6")
+
+
+def _is_hard_sigmoid(layer):
+    """True for `Activation("hard_sigmoid")` and `keras.ops.hard_sigmoid` written on a tensor."""
+    if type(layer) is keras.src.ops.nn.HardSigmoid:
+        return True
+    return type(layer) is keras.layers.Activation and activation_name(layer.activation) == HARD_SIGMOID
 
 
 class _Graph:
@@ -87,10 +109,23 @@ class _Graph:
 
 
 def _affine(layer):
-    """`(scale, offset)` of a Rescaling / Normalization layer as float32 arrays (`x * scale + offset`), or None."""
+    """`(scale, offset)` of a Rescaling / Normalization / BatchNormalization layer as float32 arrays
+    (`x * scale + offset`), or None.
+
+    A BatchNormalization gives its inference form, `gamma / sqrt(moving_variance + epsilon)` and
+    `beta - moving_mean * scale`: see `_rewrite` for why QAT keeps it so.
+    """
     try:
         if type(layer) is keras.layers.Rescaling:
             scale, offset = layer.scale, layer.offset
+        elif type(layer) is keras.layers.BatchNormalization:
+            variance = keras.ops.convert_to_numpy(layer.moving_variance).astype("float64")
+            scale = 1.0 / np.sqrt(variance + layer.epsilon)
+            if layer.scale:
+                scale = scale * keras.ops.convert_to_numpy(layer.gamma)
+            offset = -keras.ops.convert_to_numpy(layer.moving_mean) * scale
+            if layer.center:
+                offset = offset + keras.ops.convert_to_numpy(layer.beta)
         else:
             if layer.invert:
                 return None
@@ -105,7 +140,7 @@ def _affine(layer):
 def _kernel_problem(layer):
     """Why a Dense / Conv layer cannot be quantized, or None."""
     name = activation_name(layer.activation)
-    if name not in FUSED_ACTIVATIONS + OWN_ACTIVATIONS:
+    if name not in FUSED_ACTIVATIONS + OWN_ACTIVATIONS + (HARD_SIGMOID,):
         return f"activation {name or type(layer.activation).__name__!r} has no int8 TFLite kernel"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first"
@@ -137,20 +172,21 @@ class _Plan:
         for layer in self.layers:
             if self.kind.get(id(layer)) == "norm":
                 producer = self.graph.producers[id(layer)][0]
-                if self.kind.get(id(producer)) != "kernel" or self.graph.only_consumer(producer) is not layer:
-                    self.kind[id(layer)] = "float"
-                    self.uncovered.append(
-                        (layer, "a BatchNormalization folds only right after a Dense / Conv without activation")
-                    )
-                else:
+                if (
+                    self.kind.get(id(producer)) == "kernel" and self.graph.only_consumer(producer) is layer
+                    and activation_name(producer.activation) == "linear"
+                ):
                     self.folded_into[id(producer)] = layer
+                else:
+                    # Nothing to fold into (after an Add, a Concatenate, an activation): its inference affine.
+                    self.kind[id(layer)] = "affine"
 
     def _classify(self, layer):
         kind = None
         if self.graph.calls.get(id(layer), 0) > 1 and getattr(layer, "weights", None):
             # One set of ranges and one step counter per call site.
             return "called more than once (shared weights)"
-        if type(layer) in KERNEL_LAYERS:
+        if type(layer) in KERNEL_LAYERS or type(layer) is keras.layers.SeparableConv2D:
             problem = _kernel_problem(layer)
             if problem:
                 return problem
@@ -160,6 +196,8 @@ class _Plan:
             if axis not in (-1, len(layer.input.shape) - 1):
                 return "normalizes an axis other than the last"
             kind = "norm"
+        elif _is_hard_sigmoid(layer):
+            kind = "hard_sigmoid"
         elif _is_relu(layer) or (
             type(layer) is keras.layers.Activation
             and activation_name(layer.activation) in FUSED_ACTIVATIONS + OWN_ACTIVATIONS
@@ -267,25 +305,94 @@ def _copy(layer):
 
 
 def _rewrite(model, functional, plan, start, freeze):
-    """The quantization-aware functional model, and every weight carried over."""
+    """The quantization-aware functional model, and every weight carried over.
+
+    A BatchNormalization with no Dense / Conv before it to fold into (ResNet50V2's and
+    DenseNet's pre-activation BatchNorm) becomes its inference form, a per-channel multiply
+    and add, from its moving statistics: statistics, gamma and beta are frozen constants
+    for the whole QAT fit. That is the op the int8 file runs (TFLite converts such a
+    BatchNorm to MUL + ADD), so QAT trains on what the int8 file computes, the multiply's
+    range learns on fixed statistics, and the Dense / Conv after it learns to follow. QAT
+    fine-tunes a trained model: its statistics are the trained ones. (Batch statistics
+    would train the net on an op the file does not run, and gamma / beta would need a
+    layer of their own that no Keras 3 op gives TFLite as one.) A folded BatchNorm keeps
+    training, as its Dense / Conv does.
+    """
     replacements, pairs = {}, []
 
+    def quantizer(name):
+        return ActivationQuantizer(start=start, freeze=freeze, name=name)
+
+    def op(cls, name):
+        # Named after the layer it replaces: an automatic name ("add") can clash with one of the model's.
+        return cls(name=name)
+
     def ranged(inner, name):
-        quantizer = ActivationQuantizer(start=start, freeze=freeze, name=f"{name}_quant")
+        output = quantizer(f"{name}_quant")
 
         def call(*args, **kwargs):
-            return quantizer(inner(*args, **kwargs))
+            return output(inner(*args, **kwargs))
 
         return call
 
     def affine(layer):
         # TFLite has no int8 op for x * scale + offset: a MUL and an ADD, each with the range of its output.
         scale, offset = _affine(layer)
-        shifted = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_quant")
+        # A ReLU right after fuses into the ADD (as after an Add layer): its range is the ADD's.
+        fused = type(layer) is keras.layers.BatchNormalization and plan.fused_relu_after(layer)
+        shifted = (lambda x: x) if fused else quantizer(f"{layer.name}_quant")
+        multiply = op(keras.src.ops.numpy.Multiply, f"{layer.name}_multiply")
         if not np.any(offset):
-            return lambda inputs, **kwargs: shifted(keras.ops.multiply(inputs, scale))
-        scaled = ActivationQuantizer(start=start, freeze=freeze, name=f"{layer.name}_scale_quant")
-        return lambda inputs, **kwargs: shifted(keras.ops.add(scaled(keras.ops.multiply(inputs, scale)), offset))
+            return lambda inputs, **kwargs: shifted(multiply(inputs, scale))
+        scaled, add = quantizer(f"{layer.name}_scale_quant"), op(keras.src.ops.numpy.Add, f"{layer.name}_add")
+        return lambda inputs, **kwargs: shifted(add(scaled(multiply(inputs, scale)), offset))
+
+    def hard_sigmoid(name):
+        # Keras 3's hard_sigmoid is relu6(x + 3) / 6: the converter fuses the RELU6 into the ADD.
+        shifted, output = quantizer(f"{name}_relu6_quant"), quantizer(f"{name}_quant")
+        add = op(keras.src.ops.numpy.Add, f"{name}_add")
+        relu6 = op(keras.src.ops.nn.Relu6, f"{name}_relu6")
+        multiply = op(keras.src.ops.numpy.Multiply, f"{name}_multiply")
+        return lambda inputs, **kwargs: output(multiply(shifted(relu6(add(inputs, 3.0))), 1.0 / 6.0))
+
+    def kernel(layer):
+        norm = plan.folded_into.get(id(layer))
+        fold = None
+        if norm is not None:
+            config = norm.get_config()
+            fold = {key: config[key] for key in ("momentum", "epsilon", "center", "scale")}
+        config = {**layer.get_config(), "start": start, "freeze": freeze, "fold": fold}
+        hard = activation_name(layer.activation) == HARD_SIGMOID
+        if hard:  # the layer stays linear (output quantized) and hard sigmoid follows
+            config["activation"] = "linear"
+        config["quantize_output"] = hard or not plan.fused_relu_after(layer)
+        if type(layer) is keras.layers.SeparableConv2D:
+            # What TFLite runs: DEPTHWISE_CONV_2D (linear, its output ranged) and a 1x1 CONV_2D.
+            depthwise = QuantDepthwiseConv2D(
+                kernel_size=config["kernel_size"], strides=config["strides"], padding=config["padding"],
+                depth_multiplier=config["depth_multiplier"], dilation_rate=config["dilation_rate"],
+                use_bias=False, depthwise_initializer=config["depthwise_initializer"],
+                depthwise_regularizer=config["depthwise_regularizer"],
+                depthwise_constraint=config["depthwise_constraint"],
+                start=start, freeze=freeze, name=f"{layer.name}_depthwise",
+            )
+            pointwise = QuantConv2D(
+                filters=config["filters"], kernel_size=1, activation=config["activation"], use_bias=config["use_bias"],
+                kernel_initializer=config["pointwise_initializer"], bias_initializer=config["bias_initializer"],
+                kernel_regularizer=config["pointwise_regularizer"], bias_regularizer=config["bias_regularizer"],
+                activity_regularizer=config["activity_regularizer"], kernel_constraint=config["pointwise_constraint"],
+                bias_constraint=config["bias_constraint"], start=start, freeze=freeze, fold=fold,
+                quantize_output=config["quantize_output"], name=layer.name,
+            )
+            pairs.append((layer, (depthwise, pointwise), norm))
+            new = lambda inputs, **kwargs: pointwise(depthwise(inputs))  # noqa: E731
+        else:
+            new = KERNEL_LAYERS[type(layer)].from_config(config)
+            pairs.append((layer, new, norm))
+        if not hard:
+            return new
+        activation = hard_sigmoid(layer.name)
+        return lambda inputs, **kwargs: activation(new(inputs))
 
     def replace(layer):
         if id(layer) in replacements:
@@ -295,17 +402,10 @@ def _rewrite(model, functional, plan, start, freeze):
             new = lambda inputs, **kwargs: inputs  # noqa: E731 (folded into the layer before)
         elif kind == "affine":
             new = affine(layer)
+        elif kind == "hard_sigmoid":
+            new = hard_sigmoid(layer.name)
         elif kind == "kernel":
-            norm = plan.folded_into.get(id(layer))
-            fold = None
-            if norm is not None:
-                config = norm.get_config()
-                fold = {key: config[key] for key in ("momentum", "epsilon", "center", "scale")}
-            new = KERNEL_LAYERS[type(layer)].from_config({
-                **layer.get_config(), "start": start, "freeze": freeze, "fold": fold,
-                "quantize_output": not plan.fused_relu_after(layer),
-            })
-            pairs.append((layer, new, norm))
+            new = kernel(layer)
         else:
             new = _copy(layer)
             if isinstance(layer, keras.layers.Layer):  # tensor arithmetic (`x + 3.0`) has no weights
@@ -324,7 +424,7 @@ def _rewrite(model, functional, plan, start, freeze):
         consumers = plan.graph.consumers.get(id(original._keras_history.operation), [])
         float_input = "float" in str(new.dtype)
         fed.append(
-            ActivationQuantizer(start=start, freeze=freeze, name=f"{original._keras_history.operation.name}_quant")(new)
+            quantizer(f"{original._keras_history.operation.name}_quant")(new)
             if float_input and any(plan.quantized(layer) for layer in consumers) else new
         )
     outputs = functional._run_through_graph(fed, operation_fn=replace)
@@ -335,11 +435,20 @@ def _rewrite(model, functional, plan, start, freeze):
 
 
 def _carry_weights(old, new, norm):
-    """Copies `old`'s weights (and the folded BatchNorm's) into its quantization-aware twin `new`."""
-    if not isinstance(new, QuantizedKernel):
+    """Copies `old`'s weights (and the folded BatchNorm's) into its quantization-aware twin `new`.
+
+    A SeparableConv2D's twin is `(depthwise, pointwise)`: the depthwise kernel goes to the first,
+    the pointwise kernel, bias and BatchNorm to the second.
+    """
+    if isinstance(new, tuple):
+        depthwise, new = new
+        depthwise.kernel.assign(old.depthwise_kernel.numpy())
+        new.kernel.assign(old.pointwise_kernel.numpy())
+    elif not isinstance(new, QuantizedKernel):
         new.set_weights(old.get_weights())
         return
-    new.kernel.assign(old.kernel.numpy())
+    else:
+        new.kernel.assign(old.kernel.numpy())
     if old.use_bias:
         new.bias.assign(old.bias.numpy())
     if norm is not None:
