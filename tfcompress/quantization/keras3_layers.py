@@ -131,7 +131,7 @@ class ActivationRange:
             self.max.assign(ops.where(frozen, high, new_max))
             self.seen.assign(1.0)
         low, high = self.min, self.max
-        return _when(on, lambda t: keras.quantizers.fake_quant_with_min_max_vars(t, low, high, num_bits=8), x)
+        return _when(on, lambda t: fake_quant(t, low, high), x)
 
 
 def _when(on, quantize, x):
@@ -142,15 +142,44 @@ def _when(on, quantize, x):
     return ops.cond(on, lambda: quantize(x), lambda: x)
 
 
+def fake_quant(x, low, high, narrow_range=False):
+    """8-bit fake quant of `x` in `[low, high]` (scalars, or per channel along the last axis).
+
+    On TensorFlow this is `keras.quantizers.fake_quant_with_min_max_vars`,
+    which lowers to the `FakeQuantWithMinMaxVars[PerChannel]` ops the TFLite
+    converter reads. Other backends compute what those ops compute, in the
+    same float32 arithmetic (nudged range, round half up), so a model trained
+    on JAX computes what its TFLite file computes; Keras's own version for
+    them rounds differently on ties, which inputs such as `k / 16` pixels
+    hit. The gradient passes straight through inside the range.
+    """
+    if keras.backend.backend() == "tensorflow":
+        axis = -1 if len(low.shape) else None
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            x, low, high, num_bits=8, narrow_range=narrow_range, axis=axis
+        )
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    x = ops.cast(x, "float32")
+    low, high = ops.convert_to_tensor(low, "float32"), ops.convert_to_tensor(high, "float32")
+    quant_min, quant_max = (1.0 if narrow_range else 0.0), 255.0
+    scale = (high - low) / (quant_max - quant_min)
+    inverse = 1.0 / scale
+    zero = ops.clip(ops.floor(quant_min - low / scale + 0.5), quant_min, quant_max)
+    nudged_min, nudged_max = (quant_min - zero) * scale, (quant_max - zero) * scale
+    clamped = ops.minimum(ops.maximum(x, nudged_min), nudged_max)
+    quant_zero = ops.floor(-nudged_min * inverse + 0.5)
+    quantized = ops.floor((clamped - nudged_min) * inverse - quant_zero + 0.5) * scale
+    # The value is `quantized` exactly; the gradient is the clamp's.
+    return ops.cast(ops.stop_gradient(quantized) + (clamped - ops.stop_gradient(clamped)), dtype)
+
+
 def fake_quant_weights(w, axis):
     """Symmetric 8-bit fake quant of a kernel (narrow range, so int8 zero is exact), per `axis` or per tensor."""
     if axis is None:
         bound = ops.maximum(ops.max(ops.abs(w)), 1e-8)
-        return keras.quantizers.fake_quant_with_min_max_vars(w, -bound, bound, num_bits=8, narrow_range=True)
+        return fake_quant(w, -bound, bound, narrow_range=True)
     bound = ops.maximum(ops.max(ops.abs(w), axis=tuple(range(len(w.shape) - 1))), 1e-8)
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        w, -bound, bound, num_bits=8, narrow_range=True, axis=-1
-    )
+    return fake_quant(w, -bound, bound, narrow_range=True)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
