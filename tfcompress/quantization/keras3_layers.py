@@ -274,41 +274,44 @@ class QuantizedKernel(QuantizationPhases):
     def _folded(self, inputs, kernel, bias, on, frozen, training):
         """Conv + BatchNorm as one op, with the BatchNorm scale in the (fake-quantized) kernel.
 
-        In training the kernel is scaled by the moving deviation (stable int8
-        weights) and the output corrected to the batch's until `freeze`.
-        Before `start` training computes Conv + BatchNorm in training mode
-        from the one convolution the batch statistics need; from `start` the
-        folded kernel runs a second one.
+        Inference (and the converter) runs the folded kernel: the kernel times
+        the BatchNorm scale over the moving deviation, fake-quantized.
+        Training runs one convolution. From `start` it is the folded kernel's,
+        divided back by that scale, so the batch statistics and BatchNorm see
+        the convolution the int8 kernel computes; before `start`, the float
+        kernel's. BatchNorm then normalizes with the batch's statistics until
+        `freeze` and with the moving ones after, which makes the frozen
+        training step the inference graph.
         """
         epsilon = self.fold["epsilon"]
         mean, variance = ops.convert_to_tensor(self.bn_moving_mean), ops.convert_to_tensor(self.bn_moving_variance)
         gamma, beta = ops.convert_to_tensor(self.bn_gamma), ops.convert_to_tensor(self.bn_beta)
+        moving_deviation = ops.sqrt(variance + epsilon)
         if not training:
-            deviation = ops.sqrt(variance + epsilon)
-            folded = _when(on, self._fake_quant, self._folded_kernel(kernel, gamma, deviation))
-            return self._core(inputs, folded) + self._folded_shift(bias, mean, deviation, gamma, beta)
-        raw = self._core(inputs, kernel)
-        if bias is not None:
-            raw = raw + bias
-        batch_mean, batch_variance = ops.moments(raw, axes=tuple(range(len(raw.shape) - 1)))
+            folded = _when(on, self._fake_quant, self._folded_kernel(kernel, gamma, moving_deviation))
+            return self._core(inputs, folded) + self._folded_shift(bias, mean, moving_deviation, gamma, beta)
+        # From `start` the convolution is the folded kernel's, which is the float one's times `divisor`
+        # per channel (with gamma 0 the folded kernel is zero: divide by 1, BatchNorm then gives beta).
+        scale = gamma / moving_deviation
+        divisor = ops.where(on, ops.where(ops.equal(scale, 0.0), ops.ones_like(scale), scale), ops.ones_like(scale))
+        outputs = ops.cond(
+            on,
+            lambda: self._core(inputs, self._fake_quant(self._folded_kernel(kernel, gamma, moving_deviation))),
+            lambda: self._core(inputs, kernel),
+        )
+        # The statistics of the unscaled convolution (plus bias), from the scaled one's: per channel only.
+        batch_mean, batch_variance = ops.moments(outputs, axes=tuple(range(len(outputs.shape) - 1)))
+        batch_mean = batch_mean / divisor + (0.0 if bias is None else bias)
+        batch_variance = batch_variance / ops.square(divisor)
         momentum = self.fold["momentum"]
         stop_mean, stop_variance = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_variance)
         self.bn_moving_mean.assign(ops.where(frozen, mean, mean * momentum + stop_mean * (1 - momentum)))
         self.bn_moving_variance.assign(
             ops.where(frozen, variance, variance * momentum + stop_variance * (1 - momentum)))
         mean = ops.where(frozen, mean, batch_mean)
-        deviation = ops.sqrt(ops.where(frozen, variance, batch_variance) + epsilon)
-
-        def quantized():
-            moving_deviation = ops.sqrt(ops.convert_to_tensor(self.bn_moving_variance) + epsilon)
-            outputs = self._core(inputs, self._fake_quant(self._folded_kernel(kernel, gamma, moving_deviation)))
-            return outputs * (moving_deviation / deviation) + self._folded_shift(bias, mean, deviation, gamma, beta)
-
-        def float_():
-            # `freeze` never comes before `start`: here the statistics are the batch's.
-            return (raw - mean) * (gamma / deviation) + beta
-
-        return ops.cond(on, quantized, float_)
+        deviation = ops.where(frozen, moving_deviation, ops.sqrt(batch_variance + epsilon))
+        # BatchNorm of outputs / divisor + bias, as one multiply and one add on the activation tensor.
+        return outputs * (gamma / (divisor * deviation)) + self._folded_shift(bias, mean, deviation, gamma, beta)
 
     def _folded_kernel(self, kernel, gamma, moving_deviation):
         """The kernel with the BatchNorm scale (over the moving deviation) in it."""
