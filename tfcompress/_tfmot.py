@@ -17,6 +17,7 @@ from tensorflow_model_optimization.python.core.clustering.keras import (
 from tensorflow_model_optimization.python.core.keras.utils import smart_cond
 from tensorflow_model_optimization.python.core.quantization.keras import (
     quantize_aware_activation,
+    quantize_config,
     quantize_layer,
     quantize_wrapper,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "prune_registry",
     "pruning_wrapper",
     "quantize_aware_activation",
+    "quantize_config",
     "quantize_layer",
     "quantize_utils",
     "quantize_wrapper",

@@ -7,6 +7,7 @@ from absl import logging
 from tfcompress._tfmot import (
     tfmot,
     default_8bit_quantize_configs,
+    quantize_config,
     quantize_layer,
 )
 
@@ -49,7 +50,7 @@ SCHEMES = {
 UNSUPPORTED = ("error", "float")
 
 # tfmot's config for an unannotated layer feeding an annotated one (`quantize_apply` wraps it so).
-OutputOnlyConfig = default_8bit_quantize_configs.quantize_config.OutputOnlyConfig
+OutputOnlyConfig = quantize_config.OutputOnlyConfig
 
 
 def attach_phase_report(model):
