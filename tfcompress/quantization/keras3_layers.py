@@ -294,11 +294,10 @@ class QuantizedKernel(QuantizationPhases):
         # per channel (with gamma 0 the folded kernel is zero: divide by 1, BatchNorm then gives beta).
         scale = gamma / moving_deviation
         divisor = ops.where(on, ops.where(ops.equal(scale, 0.0), ops.ones_like(scale), scale), ops.ones_like(scale))
-        outputs = ops.cond(
-            on,
-            lambda: self._core(inputs, self._fake_quant(self._folded_kernel(kernel, gamma, moving_deviation))),
-            lambda: self._core(inputs, kernel),
-        )
+        # The cond picks the kernel, not the convolution: XLA runs a convolution inside a conditional
+        # (and its gradient) several times slower on CPU.
+        folded = _when(on, lambda k: self._fake_quant(self._folded_kernel(k, gamma, moving_deviation)), kernel)
+        outputs = self._core(inputs, folded)
         # The statistics of the unscaled convolution (plus bias), from the scaled one's: per channel only.
         batch_mean, batch_variance = ops.moments(outputs, axes=tuple(range(len(outputs.shape) - 1)))
         batch_mean = batch_mean / divisor + (0.0 if bias is None else bias)
