@@ -287,16 +287,16 @@ class QuantizedKernel(QuantizationPhases):
         mean, variance = ops.convert_to_tensor(self.bn_moving_mean), ops.convert_to_tensor(self.bn_moving_variance)
         gamma, beta = ops.convert_to_tensor(self.bn_gamma), ops.convert_to_tensor(self.bn_beta)
         moving_deviation = ops.sqrt(variance + epsilon)
+        scale = gamma / moving_deviation
         if not training:
-            folded = _when(on, self._fake_quant, self._folded_kernel(kernel, gamma, moving_deviation))
+            folded = _when(on, self._fake_quant, self._folded_kernel(kernel, scale))
             return self._core(inputs, folded) + self._folded_shift(bias, mean, moving_deviation, gamma, beta)
         # From `start` the convolution is the folded kernel's, which is the float one's times `divisor`
         # per channel (with gamma 0 the folded kernel is zero: divide by 1, BatchNorm then gives beta).
-        scale = gamma / moving_deviation
         divisor = ops.where(on, ops.where(ops.equal(scale, 0.0), ops.ones_like(scale), scale), ops.ones_like(scale))
         # The cond picks the kernel, not the convolution: XLA runs a convolution inside a conditional
         # (and its gradient) several times slower on CPU.
-        folded = _when(on, lambda k: self._fake_quant(self._folded_kernel(k, gamma, moving_deviation)), kernel)
+        folded = _when(on, lambda k: self._fake_quant(self._folded_kernel(k, scale)), kernel)
         outputs = self._core(inputs, folded)
         # The statistics of the unscaled convolution (plus bias), from the scaled one's: per channel only.
         batch_mean, batch_variance = ops.moments(outputs, axes=tuple(range(len(outputs.shape) - 1)))
@@ -312,9 +312,9 @@ class QuantizedKernel(QuantizationPhases):
         # BatchNorm of outputs / divisor + bias, as one multiply and one add on the activation tensor.
         return outputs * (gamma / (divisor * deviation)) + self._folded_shift(bias, mean, deviation, gamma, beta)
 
-    def _folded_kernel(self, kernel, gamma, moving_deviation):
-        """The kernel with the BatchNorm scale (over the moving deviation) in it."""
-        return kernel * ops.reshape(gamma / moving_deviation, self._channel_shape())
+    def _folded_kernel(self, kernel, scale):
+        """The kernel with the BatchNorm scale (gamma over the moving deviation, per channel) in it."""
+        return kernel * ops.reshape(scale, self._channel_shape())
 
     @staticmethod
     def _folded_shift(bias, mean, deviation, gamma, beta):
