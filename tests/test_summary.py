@@ -35,3 +35,23 @@ def test_summary_shows_pruning_on_wrapped_and_stripped_models(pruned_cnn, capsys
     assert stripped.total.nonzero == sum(np.count_nonzero(w) for w in final.get_weights())
     assert stripped.total.gzip_bytes < 0.5 * dense_gzip
     json.dumps(stripped.as_dict())
+
+
+def test_keras3_qat_summary_counts_the_models_weights_not_its_ranges():
+    """A Keras 3 QAT model holds learned ranges and phase variables; summary counts what the float model had."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.Dense(16, activation="relu", name="dense")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    quantized = tfc.quantize(model, start=0.5)
+    info = tfc.summary(quantized, print_fn=None)
+    # The BatchNorm folded into the conv's row; the input and ReLU quantizers hold only ranges: no rows.
+    assert [row.name for row in info.rows] == ["conv", "dense", "logits"]
+    assert info.total.params == model.count_params()
+    conv = info.rows[0]
+    assert conv.params == 3 * 3 * 8 + 4 * 8
+    assert conv.bytes == 3 * 3 * 8 + 4 * 4 * 8  # the kernel as int8, the BatchNorm's four vectors as float32
