@@ -1,5 +1,8 @@
 """`CompressionCallback`: the one callback that drives every schedule in a model."""
 
+import logging as python_logging
+
+import tensorflow as tf
 from absl import logging
 
 from tfcompress._keras import KERAS3, check_keras3_backend, generation, keras, keras3
@@ -7,7 +10,7 @@ from tfcompress.clustering.constraints import clustered_kernels
 from tfcompress.pruning.constraints import PrunedKernel, pruned_kernels
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
-from tfcompress.quantization.quantize import attach_phase_report
+from tfcompress.quantization.quantize import attach_phase_report, centroid_trained_kernels
 from tfcompress.quantization.keras3 import qat_phase
 from tfcompress.scheduling import scheduled_parts, unknown_length
 
@@ -55,6 +58,7 @@ class CompressionCallback(keras.callbacks.Callback):
         self._parts = []
         self._step = 0
         self._keras3 = None
+        self._quiet_kernels = None
 
     def on_train_begin(self, logs=None):
         if generation(self.model, "tfc.CompressionCallback") == KERAS3:
@@ -116,6 +120,10 @@ class CompressionCallback(keras.callbacks.Callback):
         attach_phase_report(self.model)
         self._first_epoch = True
         self._scheduled_step = None
+        kernels = centroid_trained_kernels(self.model)
+        if kernels:
+            self._quiet_kernels = _NoGradientByDesign(kernels)
+            tf.get_logger().addFilter(self._quiet_kernels)
         if self.verbose and self.params.get("verbose", 1):
             for entry in self.plan:
                 print(entry.get("description") or _describe(entry))
@@ -172,6 +180,28 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._keras3:
             self._keras3.end()
+        if self._quiet_kernels is not None:
+            tf.get_logger().removeFilter(self._quiet_kernels)
+            self._quiet_kernels = None
+
+
+class _NoGradientByDesign(python_logging.Filter):
+    """Drops TensorFlow's "Gradients do not exist for variables" warning when it lists only `names`.
+
+    Cluster-preserving QAT trains those kernels through their centroids, so
+    the warning (which asks whether `compile()` was given a loss) is expected
+    there; any other variable without a gradient is still reported.
+    """
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Gradients do not exist for variables"):
+            return True
+        listed = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not (isinstance(listed, (list, tuple)) and listed and set(listed) <= self.names)
 
 
 class _Keras3Fit:

@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl import logging
 from tfcompress._tfmot import (
     tfmot,
+    cluster_preserve_quantize_registry,
     default_8bit_quantize_configs,
     quantize_config,
     quantize_layer,
@@ -64,6 +65,23 @@ def attach_phase_report(model):
         return
     # Plain attribute: tracking would add the metric's variable to the layer's weights.
     object.__setattr__(wrappers[-1], "_tfc_phase_report", report_metric(wrappers[-1], "qat_phase"))
+
+
+def centroid_trained_kernels(model):
+    """Names of the kernels that cluster-preserving QAT (`preserve="clusters"`) trains through their centroids.
+
+    tfmot's quantizer rebuilds such a kernel from its trainable centroids on
+    every step and writes it back, so the kernel variable itself gets no
+    gradient, by design.
+    """
+    preserving = cluster_preserve_quantize_registry.ClusterPreserveDefaultWeightsQuantizer
+    return {
+        weight.name
+        for wrapper in find_quantization_layers(model) if isinstance(wrapper, QuantizeWrapper)
+        for weight, quantizer, _ in getattr(wrapper, "_weight_vars", [])
+        # tfcompress gates tfmot's quantizer by phase (`GatedQuantizer.inner`).
+        if isinstance(getattr(quantizer, "inner", quantizer), preserving)
+    }
 
 
 def _consumers(layer):
