@@ -176,7 +176,8 @@ def test_stripped_qat_model_saves_and_loads(float_cnn, digits, tmp_path):
     dense = next(row for row in info.rows if row.name == "dense")
     assert dense.bits == pytest.approx((32768 * 8 + 64 * 32) / 32832)  # int8 kernel, float bias
     assert info.total.bits < 9
-    # .h5: tfmot's QuantizeLayer is built twice when loaded from .keras (tfmot PR #1123, unreleased).
+    # Plain tfmot loading takes .h5: tfmot's QuantizeLayer is built twice when loaded from .keras
+    # (tfmot PR #1123, unreleased); tfc.load_model loads either (tests/test_saving.py).
     path = str(tmp_path / "qat.h5")
     final.save(path)
     with tfmot.quantization.keras.quantize_scope():

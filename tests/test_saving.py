@@ -1,5 +1,8 @@
 """tfc.load_model: wrapped models saved mid-schedule load from .keras, .h5 and SavedModel and train on."""
 
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -153,16 +156,27 @@ def test_pruned_clustered_quantized_model_loads_from_h5(digits, tmp_path):
     np.testing.assert_allclose(loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-6)
 
 
-def test_stripped_qat_model_loads_from_h5_and_keras_file_names_the_fix(uninterrupted, digits, tmp_path):
+def test_stripped_qat_model_loads_from_keras_and_h5_files(uninterrupted, digits, tmp_path):
+    """A stripped QAT model holds tfmot's layers, which tfmot 0.8.1 alone cannot load from `.keras`."""
     model, _ = uninterrupted[pruned_and_quantized]
     final = tfc.strip(model)
-    final.save(tmp_path / "stripped.keras")
-    with pytest.raises(ValueError, match=r"\.h5.*SavedModel"):
-        load_model(tmp_path / "stripped.keras")
-    final.save(tmp_path / "stripped.h5")
-    loaded = load_model(tmp_path / "stripped.h5", compile=False)
-    np.testing.assert_allclose(loaded.predict(digits[2], verbose=0), final.predict(digits[2], verbose=0), atol=1e-6)
-    converter = tf.lite.TFLiteConverter.from_keras_model(loaded)
+    expected = final.predict(digits[2], verbose=0)
+    for name in ("stripped.keras", "stripped.h5"):
+        final.save(tmp_path / name)
+        loaded = load_model(tmp_path / name, compile=False)
+        np.testing.assert_array_equal(loaded.predict(digits[2], verbose=0), expected, err_msg=name)
+        for saved, restored in zip(final.weights, loaded.weights):
+            np.testing.assert_array_equal(restored.numpy(), saved.numpy(), err_msg=f"{name}: {saved.name}")
+    # Saved again, it is still a file of tfmot's classes, and loads once more.
+    loaded.save(tmp_path / "again.keras")
+    with zipfile.ZipFile(tmp_path / "again.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert {layer["class_name"] for layer in config["config"]["layers"]} == {
+        "InputLayer", "QuantizeLayer", "QuantizeWrapperV2"
+    }
+    again = load_model(tmp_path / "again.keras", compile=False)
+    np.testing.assert_array_equal(again.predict(digits[2], verbose=0), expected)
+    converter = tf.lite.TFLiteConverter.from_keras_model(again)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     assert len(converter.convert()) > 0
 

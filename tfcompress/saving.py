@@ -6,12 +6,13 @@ tfcompress's own classes and tfmot's. `load_model` opens them all, for
 `.keras`, `.h5` and SavedModel files, so a wrapped model saved mid-training
 loads back and keeps training with `tfc.CompressionCallback`.
 
-tfmot 0.8.1 cannot load its quantized models from `.keras` files: its
-`QuantizeLayer` never marks itself built, so loading builds it twice and the
-saved weights no longer fit (tfmot PR #1123, unreleased). tfcompress's own
-`QuantizeInput` marks itself built, so models still training with
-`tfc.quantize` load from `.keras`; a model stripped after QAT holds tfmot's
-layers, and `load_model` says to save it as `.h5` or a SavedModel instead.
+tfmot 0.8.1 cannot load its quantized models from `.keras` files (tfmot PR
+#1123, unreleased): its `QuantizeLayer` never marks itself built, so loading
+builds it twice, and a `QuantizeWrapperV2` saved around a built layer holds
+that layer's weights first among its own. tfcompress's `QuantizeInput` and
+`QuantizeWrapper` load right, and so does a model stripped after QAT, which
+holds tfmot's layers: `load_model` and `custom_objects()` give it the same
+classes, fixed for loading (they save under tfmot's names).
 
 A SavedModel resumes the schedules too (masks advance, QAT switches on time),
 but tf_keras does not restore optimizer state from it: training goes on with
@@ -32,6 +33,7 @@ from tfcompress._tfmot import (
     cluster_preserve_quantize_registry,
     cluster_wrapper,
     prune_preserve_quantize_registry,
+    quantize_layer,
 )
 
 from tfcompress._keras import keras, keras3
@@ -44,6 +46,7 @@ from tfcompress.pruning.channels import ChannelPruned
 from tfcompress.pruning.constraints import compression_constraints
 import tfcompress.quantization  # noqa: F401
 from tfcompress.pruning.wrapper import PruneLowMagnitude
+from tfcompress.quantization.wrappers import load_wrapper_variables
 
 
 class _PruneLowMagnitudeByConfig:
@@ -73,6 +76,26 @@ class _ClusterWeightsByConfig:
         return cls.from_config(config)
 
 
+class _LoadableQuantizeLayer(quantize_layer.QuantizeLayer):
+    """tfmot's `QuantizeLayer`, marked built once built, so a `.keras` file's weights fit it (tfmot PR #1123)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.built = True
+
+
+class _LoadableQuantizeWrapperV2(tfmot.quantization.keras.QuantizeWrapperV2):
+    """tfmot's `QuantizeWrapperV2`, loading a `.keras` file saved around an already built layer."""
+
+    def load_own_variables(self, store):
+        load_wrapper_variables(self, store)
+
+
+# Saved under tfmot's names, so a file written after loading is a tfmot file as before.
+_LoadableQuantizeLayer.__name__ = _LoadableQuantizeLayer.__qualname__ = "QuantizeLayer"
+_LoadableQuantizeWrapperV2.__name__ = _LoadableQuantizeWrapperV2.__qualname__ = "QuantizeWrapperV2"
+
+
 def custom_objects():
     """Every class a tfcompress or tfmot model file may name, by the name it is saved under.
 
@@ -99,6 +122,8 @@ def custom_objects():
     objects["PruneLowMagnitude"] = _PruneLowMagnitudeByConfig
     # A model's own class is saved by its bare name in .h5 files.
     objects["ChannelPruned"] = ChannelPruned
+    objects["QuantizeLayer"] = _LoadableQuantizeLayer
+    objects["QuantizeWrapperV2"] = _LoadableQuantizeWrapperV2
     for module in (prune_preserve_quantize_registry, cluster_preserve_quantize_registry):
         objects.update(
             {
@@ -171,17 +196,8 @@ def load_model(path, *, compile=True, custom_objects=None):
         )
     if _saved_by_keras3(path):
         return _load_keras3(path, compile, custom_objects)
-    try:
-        with custom_object_scope(custom_objects):
-            model = keras.models.load_model(path, compile=compile)
-    except ValueError as error:
-        if path.endswith(".keras") and "quantize_layer" in str(error):
-            raise ValueError(
-                f"{path} holds tfmot's QuantizeLayer, which tfmot 0.8.1 cannot load from a .keras "
-                "file (tfmot PR #1123). Save the quantized model as .h5 (model.save('model.h5')) "
-                "or as a SavedModel (model.save('model_dir', save_format='tf')) and load that."
-            ) from error
-        raise
+    with custom_object_scope(custom_objects):
+        model = keras.models.load_model(path, compile=compile)
     if os.path.isdir(path):
         _drop_revived_reports(model)
         if compile and getattr(model, "optimizer", None) is not None:
