@@ -81,6 +81,19 @@ def _autograph_disabled():
         yield
 
 
+def call_converted(layer, inputs, **kwargs):
+    """`layer.call(inputs, **kwargs)` with autograph, as tf_keras's `Layer.__call__` converts a `call`.
+
+    tfcompress's wrapper layers run as written when a step is traced (see
+    `_tfmot.py`), and a wrapper calls its layer's `call` directly; the user's
+    layer in it may branch on a tensor in Python, which needs autograph.
+    """
+    from tensorflow.python.autograph.core import ag_ctx
+    from tensorflow.python.autograph.impl import api as autograph
+
+    return autograph.tf_convert(layer.call, ag_ctx.control_status_ctx())(inputs, **kwargs)
+
+
 def rebuild(build):
     """`build()` (which clones a tf_keras model), without autograph where the layers allow it.
 

@@ -4,7 +4,7 @@ import tensorflow as tf
 from tfcompress._tfmot import cluster_wrapper, clustering_centroids
 
 from tfcompress._keras import float32_variables, keras
-from tfcompress._layers import walk
+from tfcompress._layers import call_converted, walk
 from tfcompress.pruning.wrapper import PruneLowMagnitude
 from tfcompress.scheduling import (
     Scheduled,
@@ -117,7 +117,7 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         if training is True and self._begin_step is None and not tracing_for_saving():
             raise RuntimeError(f"{MISSING_CALLBACK} (layer {self.name!r}.)")
         if self.weights_set_by_parent:
-            return self.layer.call(inputs, **kwargs)
+            return call_converted(self.layer, inputs, **kwargs)
         if self.pruned:
             # Mask first, so the kernel read below (clustered or not) already has its zeros.
             self.pruned.update_masks(training)
@@ -129,7 +129,7 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
             # A tensor, not the variable: re-assigning the variable would re-track it and reorder weights.
             for name, weight in self.original_clusterable_weights.items():
                 self.set_weight_to_layer(name, tf.identity(weight))
-            return self.layer.call(inputs, **kwargs)
+            return call_converted(self.layer, inputs, **kwargs)
 
         return tf.cond(self.clustering_on > 0, clustered, original)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfcompress._tfmot import cluster_wrapper, clustering_registry, pruning_wrapper, smart_cond
 
 from tfcompress._keras import float32_variables, keras
-from tfcompress._layers import walk
+from tfcompress._layers import call_converted, walk
 from tfcompress.pruning.schedules import SCHEDULES
 from tfcompress.scheduling import missing_callback, tracing_for_saving
 
@@ -82,7 +82,7 @@ class PruneLowMagnitude(pruning_wrapper.PruneLowMagnitude):
             self.update_masks(training)
             if "training" in inspect.getfullargspec(self.layer.call).args:
                 kwargs["training"] = keras.backend.learning_phase() if training is None else training
-        outputs = self.layer.call(inputs, **kwargs)
+        outputs = call_converted(self.layer, inputs, **kwargs)
         report = getattr(self, "_tfc_sparsity_report", None)
         if report is not None:
             metric, masks = report
