@@ -14,7 +14,13 @@ import tfcompress as tfc
 import tflite_export
 from litert_helpers import int8_kernels, litert_predict
 from tfcompress.demo import load_digits
-from tfcompress.quantization.keras3_layers import ActivationQuantizer, QuantConv2D, QuantDense, QuantDepthwiseConv2D
+from tfcompress.quantization.keras3_layers import (
+    ActivationQuantizer,
+    QuantBatchNormalization,
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,7 @@ def test_the_rewrite_folds_batchnorm_and_keeps_the_float_model_until_start(data)
     norm.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else rng.normal(0, 0.3, w.shape)
                       for i, w in enumerate(norm.get_weights())])
     rewritten = tfc.quantize(activated, start=10)
-    assert "relu_conv_bn_scale_quant" in {layer.name for layer in rewritten.layers}
+    assert isinstance(rewritten.get_layer("relu_conv_bn"), QuantBatchNormalization)
     np.testing.assert_allclose(rewritten(x_test), activated(x_test), atol=1e-4)
 
 
@@ -147,7 +153,8 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     """keras.applications' layers: input scaling, zero padding before a VALID conv (ResNet50, MobileNetV2,
     EfficientNet), hard-swish / swish, squeeze-excite (MobileNetV3's hard sigmoid is tensor arithmetic),
     DenseNet's concatenation, pre-activation BatchNorm (ResNet50V2's too) and average pooling, Xception's
-    and NASNet's SeparableConv2D, and Keras's hard_sigmoid activation."""
+    and NASNet's SeparableConv2D, and Keras's hard_sigmoid activation. The standalone BatchNorm trains
+    (batch statistics, gamma and beta) until `freeze`, and saves, loads and exports as its MUL and ADD."""
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
@@ -178,14 +185,16 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     preact = model.get_layer("preact_bn")
     preact.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else rng.normal(0, 0.3, w.shape)
                         for i, w in enumerate(preact.get_weights())])
-    qat = compiled(tfc.quantize(model, start=0.3))
+    qat = compiled(tfc.quantize(model, start=0.3, freeze=0.8))
     assert isinstance(qat.get_layer("project"), QuantConv2D)
     assert isinstance(qat.get_layer("normalization_quant"), ActivationQuantizer)
     assert type(qat.get_layer("conv_pad")) is keras.layers.ZeroPadding2D  # zeros keep the input's range
     assert "transition_pool_quant" not in {layer.name for layer in qat.layers}
-    # The standalone BatchNorm is a multiply (ranged) and an add (the fused ReLU's range).
+    # The standalone BatchNorm trains: a multiply (ranged) and an add (the fused ReLU's range), in one layer.
     names = {layer.name for layer in qat.layers}
-    assert {"preact_bn_scale_quant", "preact_relu_quant"} <= names and not {"preact_bn", "preact_bn_quant"} & names
+    norm = qat.get_layer("preact_bn")
+    assert isinstance(norm, QuantBatchNormalization) and not norm.quantize_output and "preact_relu_quant" in names
+    np.testing.assert_allclose(norm.get_weights()[:4], preact.get_weights())
     # SeparableConv2D: a depthwise (output ranged) and a 1x1 convolution with the BatchNorm folded in.
     assert isinstance(qat.get_layer("separable_depthwise"), QuantDepthwiseConv2D)
     pointwise = qat.get_layer("separable")
@@ -199,8 +208,34 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     scaled = keras.Model(scaled_input, keras.layers.Dense(10)(keras.layers.Flatten()(scaled)))
     names = [layer.name for layer in tfc.quantize(scaled).layers]
     assert "scale_only_quant" in names and "scale_only_scale_quant" not in names
-    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-    result = tflite_export.export(qat, tmp_path / "blocks.tflite", precision="int8", latency_runs=0)
+    # Before start it is a BatchNormalization in training too (batch statistics; moving ones updated).
+    float_norm = keras.layers.BatchNormalization.from_config(preact.get_config())
+    twin = QuantBatchNormalization.from_config({**norm.get_config(), "name": "twin", "start": 5})
+    batch = rng.normal(0.5, 2.0, (16, 4, 4, 24)).astype("float32")
+    for layer in (float_norm, twin):
+        layer.build(batch.shape)
+        layer.set_weights(preact.get_weights() + layer.get_weights()[4:])
+    twin.resolve_schedule(10)
+    np.testing.assert_allclose(twin(batch, training=True), float_norm(batch, training=True), atol=1e-4)
+    np.testing.assert_allclose(twin.moving_variance.numpy(), float_norm.moving_variance.numpy(), rtol=1e-5)
+    steps = []  # preact_bn's gamma, beta and moving mean after every step
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(
+        [norm.gamma.numpy().copy(), norm.beta.numpy().copy(), norm.moving_mean.numpy().copy()]))
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0), record])
+    start, freeze = round(0.3 * len(steps)), round(0.8 * len(steps))  # 20 and 53 of 66
+    for gamma_beta_mean in zip(*steps[start:freeze]):  # fake-quant phase: all three learn
+        assert np.abs(gamma_beta_mean[-1] - gamma_beta_mean[0]).max() > 1e-3
+    np.testing.assert_array_equal(steps[-1][2], steps[freeze][2])  # frozen statistics
+    path = tmp_path / "blocks.keras"
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    saved = {w.name: w.numpy() for w in loaded.get_layer("preact_bn").weights}  # statistics, ranges, phase
+    assert saved["scaled_max"] > 0 and saved["qat_step"] == len(steps)
+    for weight in norm.weights:
+        np.testing.assert_array_equal(saved[weight.name], weight.numpy())
+    np.testing.assert_allclose(loaded(x_test), qat(x_test), atol=1e-5)
+    np.testing.assert_allclose(tfc.strip(loaded)(x_test), qat(x_test), atol=1e-5)
+    result = tflite_export.export(loaded, tmp_path / "blocks.tflite", precision="int8", latency_runs=0)
     assert result.quantization_aware and result.calibration_samples == 0
     ops = result.op_counts
     # The separable pair; six CONV_2D with the pointwise one.

@@ -11,6 +11,10 @@ converter needs it:
   convolutions, per tensor for Dense: per-channel Dense does not convert), a
   BatchNormalization that followed them folded in (its statistics and scale
   are the layer's own variables), and a fake quant on their output.
+* `QuantBatchNormalization` is a BatchNormalization with nothing to fold
+  into (pre-activation nets): it trains as one (batch statistics, trainable
+  gamma and beta) and computes `x * scale + shift`, the multiply's and the
+  add's outputs each fake-quantized, which is the MUL and ADD TFLite runs.
 * `ActivationQuantizer` fake-quantizes a tensor with a learned range: the
   model's float inputs and the outputs of weightless layers (ReLU, Add,
   average pooling).
@@ -438,10 +442,93 @@ class QuantDepthwiseConv2D(_QuantConv, keras.layers.DepthwiseConv2D):
         return ops.reshape(fake_quant_weights(flat, -1), shape)
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantBatchNormalization(QuantizationPhases, keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` with quantization-aware training, for one with nothing to fold into.
+
+    TFLite runs such a BatchNorm as a per-channel MUL by `gamma / sqrt(variance
+    + epsilon)` and an ADD of `beta - mean * scale`; this layer computes exactly
+    that, `x * scale + shift`, and fake-quantizes the multiply's output and the
+    add's (the same int8 tensors as the file). Before `start` it is the
+    BatchNormalization (the ranges already learn); until `freeze` training uses
+    the batch's statistics and moves the moving ones, with gamma and beta
+    trainable; from `freeze` (and in inference) it uses the moving statistics
+    and the ranges stop. Only the last axis, no renorm (what `tfc.quantize`
+    rewrites).
+
+    Arguments (on top of BatchNormalization's own):
+        start, freeze: the phases (see `tfc.quantize`).
+        quantize_output: False when a ReLU layer after this one quantizes
+            (TFLite fuses the ReLU into the ADD).
+
+    Example:
+
+    ```python
+    norm = QuantBatchNormalization(momentum=0.9, start=100, freeze=400, name="preact_bn")
+    ```
+    """
+
+    def __init__(self, *args, start=0.0, freeze=None, quantize_output=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.renorm:
+            raise ValueError(
+                f"QuantBatchNormalization {self.name!r} has no renorm: keep a renorm BatchNormalization float "
+                "with tfc.quantize(..., layers=lambda l: l.name != ...)."
+            )
+        self._init_phases(start, freeze)
+        self.quantize_output = quantize_output
+
+    def build(self, input_shape):
+        if self.axis not in (-1, len(input_shape) - 1):
+            # The ranges are per tensor and the MUL / ADD constants per last-axis channel (what TFLite broadcasts).
+            raise ValueError(
+                f"QuantBatchNormalization {self.name!r} normalizes the last axis only (got axis={self.axis}): "
+                "keep this BatchNormalization float with tfc.quantize(..., layers=...)."
+            )
+        super().build(input_shape)
+        self._build_phases()
+        self.scaled_range = ActivationRange(self, "scaled")
+        if self.quantize_output:
+            self.output_range = ActivationRange(self, "output")
+
+    def call(self, inputs, training=None, mask=None):
+        training = bool(training)
+        on, frozen = self._phases(training)
+        inputs = ops.cast(inputs, "float32")
+        moving_mean = ops.convert_to_tensor(self.moving_mean)
+        moving_variance = ops.convert_to_tensor(self.moving_variance)
+        if training and self.trainable:
+            # Gradients flow through the batch's statistics, as in BatchNormalization.
+            batch_mean, batch_variance = ops.moments(inputs, axes=self._reduction_axes)
+            stop_mean, stop_variance = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_variance)
+            momentum = self.momentum
+            self.moving_mean.assign(
+                ops.where(frozen, moving_mean, moving_mean * momentum + stop_mean * (1.0 - momentum)))
+            self.moving_variance.assign(
+                ops.where(frozen, moving_variance, moving_variance * momentum + stop_variance * (1.0 - momentum)))
+            mean = ops.where(frozen, moving_mean, batch_mean)
+            variance = ops.where(frozen, moving_variance, batch_variance)
+        else:
+            mean, variance = moving_mean, moving_variance
+        scale = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * ops.convert_to_tensor(self.gamma)
+        shift = -mean * scale
+        if self.center:
+            shift = shift + ops.convert_to_tensor(self.beta)
+        outputs = self.scaled_range(inputs * scale, on, frozen, training) + shift
+        if self.quantize_output:
+            outputs = self.output_range(outputs, on, frozen, training)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), **self._phase_config(), "quantize_output": self.quantize_output}
+
+
 KERNEL_LAYERS = {
     keras.layers.Dense: QuantDense,
     keras.layers.Conv1D: QuantConv1D,
     keras.layers.Conv2D: QuantConv2D,
     keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
 }
-QUANTIZATION_LAYERS = (ActivationQuantizer, QuantizedKernel)
+QUANTIZATION_LAYERS = (ActivationQuantizer, QuantizedKernel, QuantBatchNormalization)
