@@ -251,9 +251,9 @@ def _digit_images(n):
 
 
 def _briefly_trained_and_stripped(qat, x, y):
-    """Two eager training steps (no trace of a 300-layer graph) set the ranges; returns `tfc.strip(qat)`."""
+    """One eager training step (no trace of a 300-layer graph) sets the ranges; returns `tfc.strip(qat)`."""
     _compile(qat, 1e-3, run_eagerly=True).fit(
-        x, y, epochs=1, batch_size=len(x) // 2, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
+        x, y, epochs=1, batch_size=len(x), verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)]
     )
     return tfc.strip(qat)
 
@@ -280,7 +280,7 @@ def test_mobilenet_v3_hard_swish_quantizes_and_exports_full_int8():
     assert _litert_top1(content, x[:4]).shape == (4,)  # LiteRT runs it
     # Every ADD and MUL of the hard-swishes is int8 from QAT alone; only the input Rescaling
     # (x / 127.5 - 1: a MUL and an ADD whose middle tensor no fake quant sees) needs calibration.
-    # (Two steps from random weights leave the logits nearly constant, so agreement with Keras
+    # (One step from random weights leaves the logits nearly constant, so agreement with Keras
     # would measure noise; the hard-swish's int8 fidelity is asserted on a trained net above.)
     assert _float_ops(_convert(function)) == ["DEQUANTIZE", "MUL", "ADD", "QUANTIZE"]
 
