@@ -91,6 +91,7 @@ def quantize_cluster_and_export():
     h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
     h = keras.layers.BatchNormalization(momentum=0.9)(h)
     h = keras.layers.ReLU()(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="preact_bn")(h)  # nothing to fold into
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
     qat = tfc.quantize(tfc.cluster(model, clusters=8, begin=0.5, layers=[keras.layers.Dense]), start=0.5)
@@ -105,6 +106,8 @@ def quantize_cluster_and_export():
         "values": len(np.unique(qat.get_layer("logits").kernel.numpy())),
         "keras": float(np.mean(np.argmax(np.asarray(qat(x_test)), -1) == y_test)),
         "quantization_aware": exported.quantization_aware,
+        # A BatchNormalization before start: its statistics moved inside the jitted step.
+        "preact_mean_moved": float(np.abs(np.asarray(qat.get_layer("preact_bn").moving_mean)).max()),
     }
 
 
@@ -226,6 +229,7 @@ def test_jax_backend_trains_qat_with_clusters_and_exports_through_a_tensorflow_r
     assert found["backend"] == "jax" and found["quantization_aware"]
     assert found["steps"] and all(step == 25 for step in found["steps"])  # counted inside the jitted step
     assert found["values"] == 8
+    assert found["preact_mean_moved"] > 0
     with open(found["path"], "rb") as file:
         content = file.read()
     floats = [t["name"] for t in litert_tensors(content) if t["dtype"] == np.float32]
