@@ -11,7 +11,7 @@ from tfcompress._keras import KERAS3, check_keras3_model, check_model, generatio
 from tfcompress._layers import walk
 from tfcompress.pruning.channels import channel_summary, is_channel_pruned
 from tfcompress.pruning.constraints import CompressionConstraint, keras3_layers
-from tfcompress.quantization.keras3_layers import ActivationRange, QuantizationPhases, QuantizedKernel
+from tfcompress.quantization.keras3_layers import QuantizationPhases, QuantizedKernel
 
 
 @dataclasses.dataclass
@@ -162,21 +162,6 @@ def kernel_sparsity(arrays):
     return float(sum(a.size - np.count_nonzero(a) for a in kernels) / size) if size else 0.0
 
 
-def _quantization_variables(layer):
-    """Ids of what a Keras 3 QAT layer adds to run quantization (its phase step and points, learned ranges).
-
-    They are not the model's weights: the int8 file keeps them as the scales
-    of its tensors. tfmot's quantizer variables are left out the same way.
-    """
-    if not isinstance(layer, QuantizationPhases):
-        return set()
-    found = [getattr(layer, name, None) for name in ("qat_step", "qat_start", "qat_freeze")]
-    for value in vars(layer).values():
-        if isinstance(value, ActivationRange):
-            found += [value.min, value.max, value.seen]
-    return {id(variable) for variable in found if variable is not None}
-
-
 def _keras3_rows(model):
     """`(type, name, arrays)` per Keras 3 layer with weights; constrained kernels as the model computes with them.
 
@@ -191,8 +176,10 @@ def _keras3_rows(model):
     rows = []
     for layer in layers:
         variables = layer.weights if functional else layer._trainable_variables + layer._non_trainable_variables
-        machinery = _quantization_variables(layer)
-        variables = [variable for variable in variables if id(variable) not in machinery]
+        # Ranges and phase variables, left out as tfmot's quantizer variables are.
+        if isinstance(layer, QuantizationPhases):
+            machinery = {id(variable) for variable in layer.quantization_variables()}
+            variables = [variable for variable in variables if id(variable) not in machinery]
         arrays = []
         # A quantization-aware layer's kernel is stored as int8 in the exported file.
         quantized = isinstance(layer, QuantizedKernel)

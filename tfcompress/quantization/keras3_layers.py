@@ -112,6 +112,18 @@ class QuantizationPhases(Scheduled):
     def _phase_config(self):
         return {"start": self.start, "freeze": self.freeze}
 
+    def quantization_variables(self):
+        """The variables this layer adds to run quantization (phase step and points, learned ranges).
+
+        Not the model's weights: the int8 file keeps the ranges as its tensors'
+        scales (`tfc.summary` leaves them out).
+        """
+        found = [getattr(self, name, None) for name in ("qat_step", "qat_start", "qat_freeze")]
+        for value in vars(self).values():
+            if isinstance(value, ActivationRange):
+                found += [value.min, value.max, value.seen]
+        return [variable for variable in found if variable is not None]
+
 
 class ActivationRange:
     """A learned `[min, max]` range for one tensor, owned by `layer` (variables named `prefix_min/max`)."""
