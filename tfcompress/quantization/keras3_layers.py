@@ -12,9 +12,10 @@ converter needs it:
   BatchNormalization that followed them folded in (its statistics and scale
   are the layer's own variables), and a fake quant on their output.
 * `QuantBatchNormalization` is a BatchNormalization with nothing to fold
-  into (pre-activation nets): it trains as one (batch statistics, trainable
-  gamma and beta) and computes `x * scale + shift`, the multiply's and the
-  add's outputs each fake-quantized, which is the MUL and ADD TFLite runs.
+  into (pre-activation nets): it trains as one until `start`, then on its
+  moving statistics (fixed; gamma and beta still learn), and computes
+  `x * scale + shift`, the multiply's and the add's outputs each
+  fake-quantized, which is the MUL and ADD TFLite runs.
 * `ActivationQuantizer` fake-quantizes a tensor with a learned range: the
   model's float inputs and the outputs of weightless layers (ReLU, Add,
   average pooling).
