@@ -22,7 +22,7 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 needs_jax = pytest.mark.skipif(not HAS_JAX, reason="jax is not installed (pip install 'jax[cpu]')")
 
 _SCRIPT = """
-import json, os, sys, traceback, warnings
+import json, os, sys, threading, traceback, warnings
 os.environ["KERAS_BACKEND"] = "jax" if RUN_JAX else "numpy"
 # One XLA thread: models this small gain nothing from more, and the suite shares two cores.
 os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -59,7 +59,17 @@ def prune_and_cluster():
     result["checkpoint_step"] = int(loaded.optimizer.iterations.numpy())
     result["load_warnings"] = [str(w.message) for w in caught if "optimizer" in str(w.message)]
     clustered = compiled(tfc.cluster(cnn(), clusters=16, begin=0.3))
-    clustered.fit(x, y, epochs=3, batch_size=BATCH_SIZE, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+
+    class BatchEndThreads(keras.callbacks.Callback):
+        async_safe = True  # lets Keras dispatch batch ends to a worker thread, if every callback allows it
+        on_main = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.on_main.append(threading.current_thread() is threading.main_thread())
+
+    clustered.fit(x, y, epochs=3, batch_size=BATCH_SIZE, verbose=0,
+                  callbacks=[tfc.CompressionCallback(verbose=0), BatchEndThreads()])
+    result["batch_ends_on_main_thread"] = sorted(set(BatchEndThreads.on_main))
     result["values"] = {name: int(np.unique(k.numpy()).size) for name, k in kernels(clustered).items()}
     result["clustered_accuracy"] = float(clustered.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0)[1])
     return result
@@ -190,6 +200,8 @@ def test_jax_backend_prunes_and_clusters(sections):
         assert value == pytest.approx(0.8, abs=0.01), name
     assert result["history"][-1] == pytest.approx(0.8, abs=0.005)
     assert result["values"] == {"conv1": 16, "conv2": 16, "dense": 16, "logits": 16}
+    # CompressionCallback lets Keras run batch ends off the main thread: no wait for each step's results.
+    assert result["batch_ends_on_main_thread"] == [False]
     assert result["pruned_accuracy"] > 0.85 and result["clustered_accuracy"] > 0.85
     # A mid-epoch checkpoint (masks listed with the optimizer's variables) keeps its optimizer state.
     assert result["checkpoint_step"] == 100 and result["load_warnings"] == []

@@ -46,6 +46,10 @@ class CompressionCallback(keras.callbacks.Callback):
     ```
     """
 
+    # Keras 3 on JAX may run the batch-end hook on a worker thread (no per-step wait for the
+    # step's results): this one only records the batch and writes `sparsity` into its logs.
+    async_safe = True
+
     def __init__(self, verbose=1):
         super().__init__()
         # The batch hooks never read the logs: let Keras keep them as tensors (no per-step sync).
@@ -218,7 +222,8 @@ class _Keras3Fit:
         self.kernels = []
         self.parts = []
         self.step = 0
-        self.batch = 0
+        self.epoch_start = 0
+        self.last_batch = None
         self.first_epoch = True
         self.step_variables = []
 
@@ -281,18 +286,25 @@ class _Keras3Fit:
         if self.first_epoch and steps:
             self.step = max(self.step, epoch * steps)
         self.first_epoch = False
+        self.epoch_start = self.step
+        self.last_batch = None
 
+    # The step comes from the batch index Keras passes, so the batch-end hook changes no count: on
+    # JAX, Keras runs it on a worker thread while the main thread starts the next step
+    # (`async_safe`), and the next batch-begin need not wait for it.
     def batch_begin(self, batch):
-        self.batch = batch
+        self.step = self.epoch_start + batch
         for part in self.parts:
             part.on_schedule_step(self.step)
 
     def batch_end(self, batch, logs):
-        # One call may cover several steps (steps_per_execution).
-        self.step += batch - self.batch + 1
+        # With steps_per_execution, `batch` is the call's last step.
+        self.last_batch = batch
         self._log_sparsity(logs)
 
     def epoch_end(self, logs):
+        if self.last_batch is not None:
+            self.step = self.epoch_start + self.last_batch + 1
         self._log_sparsity(logs)
         self._hand_to_step(False)
 
