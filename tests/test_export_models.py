@@ -106,6 +106,31 @@ def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_
         assert "unrolled" in str(int8) and int8.to_dict()["unrolled"] == ["gru"]
 
 
+def test_bidirectional_recurrent_model_converts_to_int8_unrolled(tokens, tmp_path):
+    # A Keras 3 LSTM has no fused TFLite op (nor has a GRU, in either Keras): both directions convert
+    # to WHILE loops, which calibration cannot run; the wrapper is rebuilt with both unrolled.
+    import keras as K
+
+    x_train, y_train, x_test, y_test = tokens
+    K.utils.set_random_seed(0)
+    model = K.Sequential([K.Input((24,), dtype="int32"), K.layers.Embedding(17, 8),
+                          K.layers.Bidirectional(K.layers.LSTM(8), name="bi"), K.layers.Dense(10)])
+    model.compile(K.optimizers.Adam(1e-2), K.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.3  # it learned something (chance: 0.1)
+    result = tflite_export.export(model, tmp_path / "bi.tflite", "int8", representative_data=x_train[:32],
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    directions = [layer.name for layer in (model.get_layer("bi").forward_layer, model.get_layer("bi").backward_layer)]
+    assert sorted(result.unrolled) == sorted(directions)
+    assert "WHILE" not in result.op_counts and parse_flatbuffer(read_flatbuffer(result.path)).num_subgraphs == 1
+    # The cells' arithmetic is int8. (The converter may leave one first-step gate SPLIT float,
+    # between a DEQUANTIZE and QUANTIZEs: it did for this model's backward direction.)
+    assert not {"FULLY_CONNECTED", "MUL", "ADD", "LOGISTIC", "TANH"} & set(result.report.float_ops)
+    assert result.op_counts["FULLY_CONNECTED"] > 24 and "int8" in result.report.tensor_dtypes
+    assert result.verification.agreement >= 0.95
+
+
 @pytest.fixture(scope="module")
 def bag_of_tokens(tokens):
     """Embedding + GlobalAveragePooling1D + Dense on the digit-row tokens."""

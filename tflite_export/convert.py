@@ -521,7 +521,17 @@ def _unrolled_config(config):
 
 
 def _unrolled_copy(model, names):
-    """`model` with the recurrent layers named in `names` unrolled, same weights."""
+    """`model` with the recurrent layers named in `names` unrolled, same weights.
+
+    A Bidirectional wrapper is rebuilt from its config with both directions
+    unrolled: its recurrent layers are not layers of the model's own graph.
+    """
+    names = set(names)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        directions = (getattr(layer, "forward_layer", None), getattr(layer, "backward_layer", None))
+        if any(inner is not None and inner.name in names for inner in directions):
+            names.add(layer.name)
+
     def clone(layer):
         config = layer.get_config()
         return layer.__class__.from_config(_unrolled_config(config) if layer.name in names else config)
