@@ -250,6 +250,35 @@ def test_subclassed_model_prunes_in_place(data):
     assert final.hidden.kernel.constraint is None and final.hidden.kernel_constraint is None
 
 
+def test_bidirectional_lstm_prunes_both_directions_and_round_trips(data, tmp_path):
+    # A text model: rows 2-4 of each digit as 24 token ids (intensities 0..16), labelled with the digit.
+    x, y, x_test, y_test = data
+    tokens = lambda images: np.rint(images[:, 2:5, :, 0] * 16).reshape(len(images), 24).astype("int32")  # noqa: E731
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24,), dtype="int32"), keras.layers.Embedding(17, 8, name="embedding"),
+                              keras.layers.Bidirectional(keras.layers.LSTM(8), name="bi"),
+                              keras.layers.Dense(10, name="logits")])
+    pruned = compiled(tfc.prune(model, 0.5), learning_rate=1e-2)
+    history = pruned.fit(tokens(x), y, epochs=2, batch_size=64, verbose=0,
+                         callbacks=[tfc.CompressionCallback(verbose=0)])
+    directions = [pruned.get_layer("bi").forward_layer, pruned.get_layer("bi").backward_layer]
+    recurrent = {f"{d.name}/{w.name}": w for d in directions for w in (d.cell.kernel, d.cell.recurrent_kernel)}
+    assert len(recurrent) == 4
+    for name, weight in recurrent.items():
+        assert isinstance(weight.constraint, PruningMask), name
+        assert sparsity(weight) == pytest.approx(0.5, abs=0.01), name
+    assert history.history["sparsity"][-1] == pytest.approx(0.5, abs=0.01)
+    assert pruned.evaluate(tokens(x_test), y_test, verbose=0)[1] > 0.3  # chance: 0.1
+    pruned.save(tmp_path / "bi.keras")
+    loaded = tfc.load_model(tmp_path / "bi.keras")
+    assert isinstance(loaded.get_layer("bi").backward_layer.cell.recurrent_kernel.constraint, PruningMask)
+    assert all(np.array_equal(a, b) for a, b in zip(pruned.get_weights(), loaded.get_weights()))
+    final = tfc.strip(pruned)
+    final.save(tmp_path / "plain.keras")
+    plain = keras.models.load_model(tmp_path / "plain.keras")
+    assert sparsity(plain.get_layer("bi").backward_layer.cell.kernel) == pytest.approx(0.5, abs=0.01)
+
+
 def test_training_without_the_callback_fails_and_never_moves_the_masks(data):
     x, y, _, _ = data
     pruned = compiled(tfc.prune(mlp(), 0.8))

@@ -61,7 +61,13 @@ def keras3_layers(model):
 
 
 def kernels_of(layer):
-    """`[(owner, weight_attribute, constraint_attribute)]` for the kernels of `layer` (an RNN's in its cell)."""
+    """`[(owner, weight_attribute, constraint_attribute)]` for the kernels of `layer`.
+
+    An RNN's are in its cell; a Bidirectional's in both directions' cells
+    (each direction's config saves its constraints).
+    """
+    if isinstance(layer, keras3.layers.Bidirectional):
+        return kernels_of(layer.forward_layer) + kernels_of(layer.backward_layer)
     owner = layer.cell if isinstance(getattr(layer, "cell", None), keras3.layers.Layer) else layer
     if not owner.built:
         return []
