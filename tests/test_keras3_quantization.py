@@ -17,8 +17,10 @@ from tfcompress.demo import load_digits
 from tfcompress.quantization.keras3_layers import (
     ActivationQuantizer,
     QuantBatchNormalization,
+    QuantConv1D,
     QuantConv2D,
     QuantDense,
+    QuantDepthwiseConv1D,
     QuantDepthwiseConv2D,
 )
 
@@ -251,6 +253,39 @@ def test_applications_blocks_export_fully_int8(data, tmp_path):
     keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
     litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
     assert keras_accuracy > 0.8 and abs(litert_accuracy - keras_accuracy) <= 0.005
+
+
+def test_keyword_net_with_separable_and_depthwise_conv1d_exports_fully_int8(data, tmp_path):
+    """A Conv1D keyword net (each digit's 8 rows as 8 time steps of 8 features): SeparableConv1D becomes a
+    depthwise and a 1x1 Conv1D with its BatchNorm folded in, DepthwiseConv1D its twin; both kernels per
+    tensor (a 1-D convolution runs on an expanded kernel, where the converter refuses a channel axis)."""
+    x, y, x_test, y_test = (a.reshape(-1, 8, 8) if a.ndim == 4 else a for a in data)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8))
+    h = keras.layers.Conv1D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="conv_bn")(h)
+    h = keras.layers.ReLU(name="conv_relu")(h)
+    h = keras.layers.SeparableConv1D(24, 3, padding="same", use_bias=False, name="separable")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="separable_bn")(h)
+    h = keras.layers.ReLU(name="separable_relu")(h)
+    h = keras.layers.DepthwiseConv1D(3, padding="same", activation="relu", name="depthwise")(h)
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    qat = compiled(tfc.quantize(model, start=0.3))
+    depthwise, pointwise = qat.get_layer("separable_depthwise"), qat.get_layer("separable")
+    assert isinstance(depthwise, QuantDepthwiseConv1D) and isinstance(pointwise, QuantConv1D) and pointwise.fold
+    assert pointwise.kernel.shape == (1, 16, 24) and not depthwise.per_channel
+    assert isinstance(qat.get_layer("depthwise"), QuantDepthwiseConv1D)
+    np.testing.assert_allclose(qat(x_test), model(x_test), atol=1e-4)  # before start: the float model
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "keyword.tflite", precision="int8", latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    assert result.op_counts["DEPTHWISE_CONV_2D"] == 2 and result.op_counts["CONV_2D"] == 2
+    content = (tmp_path / "keyword.tflite").read_bytes()
+    assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
+    keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
+    litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
+    assert keras_accuracy > 0.7 and abs(litert_accuracy - keras_accuracy) <= 0.005  # 66 steps from scratch
 
 
 def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):

@@ -3,7 +3,7 @@
 tfmot wraps only tf_keras models and Keras 3 has no int8 QAT, so tfcompress
 rewrites a Keras 3 Sequential or functional model itself, layer by layer:
 kernel layers become their quantization-aware twins (`keras3_layers.py`), a
-SeparableConv2D becomes a depthwise and a 1x1 convolution (what TFLite runs),
+SeparableConv1D / 2D becomes a depthwise and a 1x1 convolution (what TFLite runs),
 a BatchNormalization after a Dense or linear convolution folds into it,
 weightless layers and tensor arithmetic that change a tensor's range (ReLU,
 Add, Multiply, global average pooling, `x + 3.0`) get an
@@ -31,9 +31,8 @@ from tfcompress.quantization.keras3_layers import (
     OWN_ACTIVATIONS,
     QUANTIZATION_LAYERS,
     ActivationQuantizer,
+    SEPARABLE_LAYERS,
     QuantBatchNormalization,
-    QuantConv2D,
-    QuantDepthwiseConv2D,
     QuantizedKernel,
     activation_name,
 )
@@ -180,7 +179,7 @@ class _Plan:
         if self.graph.calls.get(id(layer), 0) > 1 and getattr(layer, "weights", None):
             # One set of ranges and one step counter per call site.
             return "called more than once (shared weights)"
-        if type(layer) in KERNEL_LAYERS or type(layer) is keras.layers.SeparableConv2D:
+        if type(layer) in KERNEL_LAYERS or type(layer) in SEPARABLE_LAYERS:
             problem = _kernel_problem(layer)
             if problem:
                 return problem
@@ -371,9 +370,10 @@ def _rewrite(model, functional, plan, start, freeze):
         if hard:  # the layer stays linear (output quantized) and hard sigmoid follows
             config["activation"] = "linear"
         config["quantize_output"] = hard or not plan.fused_relu_after(layer)
-        if type(layer) is keras.layers.SeparableConv2D:
+        if type(layer) in SEPARABLE_LAYERS:
             # What TFLite runs: DEPTHWISE_CONV_2D (linear, its output ranged) and a 1x1 CONV_2D.
-            depthwise = QuantDepthwiseConv2D(
+            depthwise_class, pointwise_class = SEPARABLE_LAYERS[type(layer)]
+            depthwise = depthwise_class(
                 kernel_size=config["kernel_size"], strides=config["strides"], padding=config["padding"],
                 depth_multiplier=config["depth_multiplier"], dilation_rate=config["dilation_rate"],
                 use_bias=False, depthwise_initializer=config["depthwise_initializer"],
@@ -381,7 +381,7 @@ def _rewrite(model, functional, plan, start, freeze):
                 depthwise_constraint=config["depthwise_constraint"],
                 start=start, freeze=freeze, name=f"{layer.name}_depthwise",
             )
-            pointwise = QuantConv2D(
+            pointwise = pointwise_class(
                 filters=config["filters"], kernel_size=1, activation=config["activation"], use_bias=config["use_bias"],
                 kernel_initializer=config["pointwise_initializer"], bias_initializer=config["bias_initializer"],
                 kernel_regularizer=config["pointwise_regularizer"], bias_regularizer=config["bias_regularizer"],
@@ -442,7 +442,7 @@ def _rewrite(model, functional, plan, start, freeze):
 def _carry_weights(old, new, norm):
     """Copies `old`'s weights (and the folded BatchNorm's) into its quantization-aware twin `new`.
 
-    A SeparableConv2D's twin is `(depthwise, pointwise)`: the depthwise kernel goes to the first,
+    A SeparableConv's twin is `(depthwise, pointwise)`: the depthwise kernel goes to the first,
     the pointwise kernel, bias and BatchNorm to the second.
     """
     if isinstance(new, tuple):

@@ -6,8 +6,8 @@ converter turns into int8 tensors with these ranges: the converted file is
 fully int8 without representative data. The layers here put it where the
 converter needs it:
 
-* `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantDepthwiseConv2D` are the
-  Keras layers with a fake-quantized kernel (per output channel for
+* `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantDepthwiseConv1D`,
+  `QuantDepthwiseConv2D` are the Keras layers with a fake-quantized kernel (per output channel for
   convolutions, per tensor for Dense: per-channel Dense does not convert), a
   BatchNormalization that followed them folded in (its statistics and scale
   are the layer's own variables), and a fake quant on their output.
@@ -456,6 +456,20 @@ class QuantDepthwiseConv2D(_QuantConv, keras.layers.DepthwiseConv2D):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
+class QuantDepthwiseConv1D(_QuantConv, keras.layers.DepthwiseConv1D):
+    """`keras.layers.DepthwiseConv1D` with quantization-aware training; the kernel is quantized per tensor.
+
+    As for `QuantConv1D`: TensorFlow runs it as a 2-D depthwise convolution on
+    an expanded kernel, and the converter refuses a per-channel axis there.
+    """
+
+    per_channel = False
+    _core = QuantDepthwiseConv2D._core
+    _channels = QuantDepthwiseConv2D._channels
+    _channel_shape = QuantDepthwiseConv2D._channel_shape
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
 class QuantBatchNormalization(QuantizationPhases, keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with quantization-aware training, for one with nothing to fold into.
 
@@ -546,6 +560,12 @@ KERNEL_LAYERS = {
     keras.layers.Dense: QuantDense,
     keras.layers.Conv1D: QuantConv1D,
     keras.layers.Conv2D: QuantConv2D,
+    keras.layers.DepthwiseConv1D: QuantDepthwiseConv1D,
     keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
+}
+# A SeparableConv's twins, as TFLite runs it: a depthwise and a 1x1 convolution.
+SEPARABLE_LAYERS = {
+    keras.layers.SeparableConv1D: (QuantDepthwiseConv1D, QuantConv1D),
+    keras.layers.SeparableConv2D: (QuantDepthwiseConv2D, QuantConv2D),
 }
 QUANTIZATION_LAYERS = (ActivationQuantizer, QuantizedKernel, QuantBatchNormalization)
