@@ -211,6 +211,39 @@ def test_export_of_a_mixed_policy_model(policy, digits, tmp_path):
     assert model.get_layer("conv2").compute_dtype == HALF[policy]
 
 
+def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_path):
+    # Keras 3 (`import keras`) keeps a global policy of its own; its QAT layers follow it.
+    import keras as keras3
+
+    x, y, x_test, y_test = digits
+    reason = unsupported_reason("mixed_float16")
+    if reason:
+        pytest.skip(reason)
+    keras3.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras3.utils.set_random_seed(0)
+        inputs = keras3.Input((8, 8, 1))
+        h = keras3.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+        h = keras3.layers.ReLU(name="relu")(keras3.layers.BatchNormalization(name="bn")(h))
+        h = keras3.layers.Flatten(name="flatten")(h)
+        model = keras3.Model(inputs, keras3.layers.Dense(10, dtype="float32", name="logits")(h))
+        qat = tfc.quantize(tfc.prune(model, final_sparsity=0.5), start=0.3)
+    finally:
+        keras3.mixed_precision.set_global_policy("float32")
+    qat.compile(keras3.optimizers.Adam(3e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    assert qat.get_layer("conv").compute_dtype == "float16"
+    accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
+    assert accuracy > 0.9
+    result = tflite_export.export(qat, tmp_path / "qat.tflite", precision="int8",
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    # The converter takes float32 graphs: the float32 copy (same weights and ranges) is what converts.
+    assert result.float32_copy and result.report.fully_integer
+    assert abs(result.verification.tflite_accuracy - accuracy) <= 0.01
+    assert qat.get_layer("conv").compute_dtype == "float16"  # the user's model is untouched
+
+
 # ---- tfc.Distiller ----
 
 

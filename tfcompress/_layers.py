@@ -8,7 +8,7 @@ live here once: `walk` (the one traversal), `layer_selector` /
 
 import contextlib
 
-from tfcompress._keras import is_layer_class, is_model, keras, weight_name
+from tfcompress._keras import is_keras3_functional, is_keras3_object, is_layer_class, is_model, keras, weight_name
 
 
 def walk(model, kind=None, include_self=False, into_wrappers=True):
@@ -237,9 +237,10 @@ def _float32_config(config):
     config = dict(config)
     if "dtype" in config:
         config["dtype"] = "float32"
-    inner = config.get("layer")
-    if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-        config["layer"] = {**inner, "config": _float32_config(inner["config"])}
+    for key in ("layer", "backward_layer"):  # a wrapper's layer; Bidirectional's backward one
+        inner = config.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            config[key] = {**inner, "config": _float32_config(inner["config"])}
     return config
 
 
@@ -254,11 +255,24 @@ def float32_copy(model):
     predicts up to half-precision rounding.
 
     Arguments:
-        model: a Sequential or functional tf_keras model.
+        model: a Sequential or functional model (tf_keras, or Keras 3: its
+            tfcompress constraints and quantization-aware layers are rebuilt
+            from their configs, their variables copied).
 
     Returns:
         A new, uncompiled model whose layers compute in float32.
     """
+    if is_keras3_object(model):
+        import keras as keras3
+
+        if not is_keras3_functional(model):
+            raise ValueError("a subclassed Keras 3 model cannot be cloned")
+        copy = keras3.models.clone_model(
+            model, recursive=True,
+            clone_function=lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())),
+        )
+        copy.set_weights(model.get_weights())
+        return copy
     return clone_with_weights(
         model, lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())), copy=_copy_same_layer
     )

@@ -488,7 +488,7 @@ def _conversion_error(e, precision):
 
 
 def _half_dtype(model):
-    """"float16"/"bfloat16" when a tf_keras model computes in half precision (a mixed policy), else None."""
+    """"float16"/"bfloat16" when a model (either Keras) computes in half precision (a mixed policy), else None."""
     from tfcompress._layers import HALF_DTYPES, computes_in_half, walk
 
     if not computes_in_half(model):
@@ -732,7 +732,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
                      + (", its quantization-aware layers their learned int8 ranges" if qat else ""))
     else:
         model, stripped, qat = _strip_for_conversion(model, notes)
-        half = _half_dtype(model)
+    half = _half_dtype(model)
     keras_model = model  # what verification compares with: the user's model, as tfc.strip gives it
     if half:
         from tfcompress._layers import float32_copy
