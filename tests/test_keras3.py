@@ -279,6 +279,23 @@ def test_bidirectional_lstm_prunes_both_directions_and_round_trips(data, tmp_pat
     assert sparsity(plain.get_layer("bi").backward_layer.cell.kernel) == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.parametrize("K", [keras, tf_keras], ids=["keras3", "tf_keras"])
+def test_schedule_step_follows_the_optimizer_with_steps_per_execution(K, data):
+    # 22 batches an epoch, 8 steps per call: Keras 3 names the epoch's last call steps 16-23, though it runs 6.
+    x, y, _, _ = data
+    K.utils.set_random_seed(0)
+    model = K.Sequential([K.Input((8, 8, 1)), K.layers.Flatten(), K.layers.Dense(10)])
+    pruned = tfc.prune(model, 0.8, end=1.0)
+    pruned.compile(K.optimizers.Adam(1e-3), K.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   steps_per_execution=8)
+    callback = tfc.CompressionCallback(verbose=0)
+    steps = []
+    after_each_epoch = K.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: steps.append(callback.step))
+    pruned.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[callback, after_each_epoch])
+    assert steps == [22, 44] and int(pruned.optimizer.iterations.numpy()) == 44
+    assert sparsity(pruned.layers[-1].kernel if K is keras else pruned.layers[-1].layer.kernel) == pytest.approx(0.8, abs=0.01)
+
+
 def test_training_without_the_callback_fails_and_never_moves_the_masks(data):
     x, y, _, _ = data
     pruned = compiled(tfc.prune(mlp(), 0.8))

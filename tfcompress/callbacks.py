@@ -64,6 +64,11 @@ class CompressionCallback(keras.callbacks.Callback):
         self._keras3 = None
         self._quiet_kernels = None
 
+    @property
+    def step(self):
+        """The training step the schedules are at: optimizer steps, counted from the fit's own numbers."""
+        return self._keras3.step if self._keras3 else self._step
+
     def on_train_begin(self, logs=None):
         if generation(self.model, "tfc.CompressionCallback") == KERAS3:
             self._keras3 = _Keras3Fit(self.model, self.params)
@@ -304,7 +309,11 @@ class _Keras3Fit:
 
     def epoch_end(self, logs):
         if self.last_batch is not None:
-            self.step = self.epoch_start + self.last_batch + 1
+            done = self.last_batch + 1
+            steps = self.params.get("steps")
+            # Keras 3 names a call's last step as if it ran steps_per_execution steps, and the
+            # epoch's last call may run fewer: the epoch has `steps`.
+            self.step = self.epoch_start + (min(done, steps) if steps else done)
         self._log_sparsity(logs)
         self._hand_to_step(False)
 
