@@ -723,7 +723,6 @@ def _export(model, path, precision, representative_data, validation_data, *, max
         model = load_keras_model(model, custom_objects)
     original = model
     notes = []
-    half = None
     if _check_model(model):
         from tfcompress.quantization.keras3 import is_quantization_aware
 

@@ -7,8 +7,9 @@ fully int8 without representative data. The layers here put it where the
 converter needs it:
 
 * `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantDepthwiseConv1D`,
-  `QuantDepthwiseConv2D` are the Keras layers with a fake-quantized kernel (per output channel for
-  convolutions, per tensor for Dense: per-channel Dense does not convert), a
+  `QuantDepthwiseConv2D` are the Keras layers with a fake-quantized kernel
+  (per output channel for 2-D convolutions; per tensor for Dense and 1-D
+  convolutions, whose per-channel kernels do not convert), a
   BatchNormalization that followed them folded in (its statistics and scale
   are the layer's own variables), and a fake quant on their output.
 * `QuantBatchNormalization` is a BatchNormalization with nothing to fold
