@@ -19,6 +19,7 @@ from tfcompress.quantization.keras3_layers import (
     QuantBatchNormalization,
     QuantConv1D,
     QuantConv2D,
+    QuantConv2DTranspose,
     QuantDense,
     QuantDepthwiseConv1D,
     QuantDepthwiseConv2D,
@@ -286,6 +287,38 @@ def test_keyword_net_with_separable_and_depthwise_conv1d_exports_fully_int8(data
     keras_accuracy = np.mean(np.argmax(qat(x_test), -1) == y_test)
     litert_accuracy = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
     assert keras_accuracy > 0.7 and abs(litert_accuracy - keras_accuracy) <= 0.005  # 66 steps from scratch
+
+
+def test_decoder_with_transposed_convolution_and_upsampling_exports_fully_int8(data, tmp_path):
+    """A U-Net-style autoencoder of the digits: Conv2DTranspose (+ BatchNorm, folded; kernel per tensor, its
+    output channels are not the last axis) and UpSampling2D (keeps its input's range) are quantized too."""
+    x, _, x_test, _ = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    skip = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="down")(inputs)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="mid")(keras.layers.MaxPooling2D()(skip))
+    up = keras.layers.Conv2DTranspose(8, 2, strides=2, padding="same", use_bias=False, name="up")(h)
+    up = keras.layers.ReLU(name="up_relu")(keras.layers.BatchNormalization(momentum=0.9, name="up_bn")(up))
+    resized = keras.layers.Conv2D(8, 1, name="resize_proj")(keras.layers.UpSampling2D(name="resize")(h))
+    h = keras.layers.Concatenate(name="merge")([skip, up, resized])
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, name="out")(h))
+    qat = tfc.quantize(model, start=0.3)
+    up = qat.get_layer("up")
+    assert isinstance(up, QuantConv2DTranspose) and up.fold and not up.per_channel
+    assert type(qat.get_layer("resize")) is keras.layers.UpSampling2D and "resize_quant" not in [layer.name for layer in qat.layers]
+    np.testing.assert_allclose(qat(x_test), model(x_test), atol=1e-4)  # before start: the float model
+    qat.compile(keras.optimizers.Adam(3e-3), "mse")
+    qat.fit(x, x, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "decoder.tflite", precision="int8", latency_runs=0)
+    assert result.quantization_aware and result.calibration_samples == 0
+    assert result.op_counts["TRANSPOSE_CONV"] == 1
+    content = (tmp_path / "decoder.tflite").read_bytes()
+    assert len([t for t in litert_tensors(content) if t["dtype"] == np.float32]) == 2
+    keras_images, litert_images = np.asarray(qat(x_test)), litert_predict(content, x_test)
+    keras_error = np.mean((keras_images - x_test) ** 2)
+    assert keras_error < 0.5 * np.mean((x_test - x_test.mean()) ** 2)  # it learned to reconstruct
+    assert np.mean(np.abs(litert_images - keras_images)) < 0.02  # pixels in [0, 1]
+    assert np.mean((litert_images - x_test) ** 2) <= 1.1 * keras_error
 
 
 def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):

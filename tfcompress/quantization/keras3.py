@@ -50,6 +50,8 @@ PASS_THROUGH = (
     # TFLite's int8 AVERAGE_POOL_2D takes one scale for input and output (an average stays in its input's
     # range); a range of its own fails to convert (DenseNet's transitions, NASNet's cells).
     keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    # Nearest repeats values, bilinear averages neighbours: both stay in the input's range (U-Net decoders).
+    keras.layers.UpSampling1D, keras.layers.UpSampling2D,
 )
 # Weightless layers whose output gets a range of its own.
 RANGED = (

@@ -6,10 +6,11 @@ converter turns into int8 tensors with these ranges: the converted file is
 fully int8 without representative data. The layers here put it where the
 converter needs it:
 
-* `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantDepthwiseConv1D`,
-  `QuantDepthwiseConv2D` are the Keras layers with a fake-quantized kernel
-  (per output channel for 2-D convolutions; per tensor for Dense and 1-D
-  convolutions, whose per-channel kernels do not convert), a
+* `QuantDense`, `QuantConv1D`, `QuantConv2D`, `QuantConv2DTranspose`,
+  `QuantDepthwiseConv1D`, `QuantDepthwiseConv2D` are the Keras layers with a
+  fake-quantized kernel (per output channel for 2-D convolutions; per tensor
+  for Dense, 1-D and transposed convolutions, whose per-channel kernels do
+  not convert or are not on the last axis), a
   BatchNormalization that followed them folded in (its statistics and scale
   are the layer's own variables), and a fake quant on their output.
 * `QuantBatchNormalization` is a BatchNormalization with nothing to fold
@@ -471,6 +472,30 @@ class QuantDepthwiseConv1D(_QuantConv, keras.layers.DepthwiseConv1D):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
+class QuantConv2DTranspose(_QuantConv, keras.layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` with quantization-aware training; the kernel is quantized per tensor.
+
+    Its kernel is `(height, width, output channels, input channels)`: the output
+    channels (where a folded BatchNorm scales it) are axis -2, and TensorFlow's
+    per-channel fake quant takes only the last axis.
+    """
+
+    per_channel = False
+
+    def _core(self, inputs, kernel):
+        return ops.conv_transpose(
+            inputs, kernel, strides=list(self.strides), padding=self.padding, output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate, data_format=self.data_format,
+        )
+
+    def _channels(self):
+        return int(self.kernel.shape[-2])
+
+    def _channel_shape(self):
+        return (self._channels(), 1)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
 class QuantBatchNormalization(QuantizationPhases, keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with quantization-aware training, for one with nothing to fold into.
 
@@ -561,6 +586,7 @@ KERNEL_LAYERS = {
     keras.layers.Dense: QuantDense,
     keras.layers.Conv1D: QuantConv1D,
     keras.layers.Conv2D: QuantConv2D,
+    keras.layers.Conv2DTranspose: QuantConv2DTranspose,
     keras.layers.DepthwiseConv1D: QuantDepthwiseConv1D,
     keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
 }
