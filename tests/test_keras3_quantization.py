@@ -330,6 +330,30 @@ def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):
     np.testing.assert_allclose(final(x_test), loaded(x_test), atol=1e-5)
 
 
+def test_leaky_relu_and_softmax_layers_export_fully_int8(data, tmp_path):
+    x, y, x_test, y_test = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.LeakyReLU(0.1, name="leaky")(keras.layers.Conv2D(8, 3, name="conv")(inputs))
+    h = keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(h))
+    qat = tfc.quantize(model, start=0.3)
+    assert {"leaky_quant", "probabilities_quant"} <= {layer.name for layer in qat.layers}
+    qat.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    result = tflite_export.export(qat, tmp_path / "activations.tflite", precision="int8",
+                                  validation_data=(x_test, y_test), latency_runs=0)
+    assert result.report.fully_integer and result.calibration_samples == 0
+    assert result.op_counts["LEAKY_RELU"] == 1 and result.op_counts["SOFTMAX"] == 1
+    keras_accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
+    assert keras_accuracy > 0.8 and abs(result.verification.tflite_accuracy - keras_accuracy) <= 0.005
+    # No int8 kernel: TFLite's SOFTMAX takes the last axis only, and ELU converts to a float ELU.
+    other = keras.Sequential([keras.Input((4, 3)), keras.layers.Softmax(axis=1, name="over_rows"),
+                              keras.layers.ELU(name="elu")])
+    with pytest.raises(ValueError, match=r"over_rows': softmax over an axis other than the last.*ELU \('elu'"):
+        tfc.quantize(other)
+
+
 def test_layers_qat_cannot_rewrite_are_listed_at_once_and_float_keeps_them(data):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))

@@ -61,6 +61,9 @@ RANGED = (
     keras.layers.Multiply,
     # Inputs with other ranges are requantized by the converter (DenseNet's blocks).
     keras.layers.Concatenate,
+    # Activation layers with an int8 TFLite kernel: LEAKY_RELU (SOFTMAX too, on the last axis: `_classify`).
+    # (ELU converts to a float ELU between a DEQUANTIZE and a QUANTIZE: not here.)
+    keras.layers.LeakyReLU,
 )
 # Arithmetic written on tensors in a functional model (`x + 3.0`, `x * (1 / 6)`: MobileNetV3's hard
 # sigmoid): TFLite's int8 ADD and MUL take any input and output scales.
@@ -193,6 +196,10 @@ class _Plan:
             kind = "norm"
         elif _is_hard_sigmoid(layer):
             kind = "hard_sigmoid"
+        elif type(layer) is keras.layers.Softmax:
+            if layer.axis not in (-1, len(layer.input.shape) - 1):
+                return "softmax over an axis other than the last (TFLite's SOFTMAX takes the last)"
+            kind = "ranged"
         elif _is_relu(layer) or (
             type(layer) is keras.layers.Activation
             and activation_name(layer.activation) in FUSED_ACTIVATIONS + OWN_ACTIVATIONS
