@@ -330,21 +330,31 @@ def test_strip_keeps_the_ranges_and_drops_the_constraints(resumed, data):
     np.testing.assert_allclose(final(x_test), loaded(x_test), atol=1e-5)
 
 
-def test_leaky_relu_and_softmax_layers_export_fully_int8(data, tmp_path):
+def test_activation_layers_and_layers_that_keep_a_range_export_fully_int8(data, tmp_path):
+    """LeakyReLU and Softmax get a range (int8 LEAKY_RELU, SOFTMAX); Permute and RepeatVector move values and
+    keep their input's range, as the training-only noise and regularization layers (the identity in inference) do."""
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.LeakyReLU(0.1, name="leaky")(keras.layers.Conv2D(8, 3, name="conv")(inputs))
-    h = keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h))
+    kept = [keras.layers.SpatialDropout2D(0.1), keras.layers.GaussianNoise(0.05), keras.layers.GaussianDropout(0.1),
+            keras.layers.ActivityRegularization(l2=1e-4), keras.layers.Permute((2, 1, 3)), keras.layers.Identity(),
+            keras.layers.Flatten(), keras.layers.RepeatVector(2), keras.layers.Flatten()]
+    for layer in kept:
+        h = layer(h)
+    h = keras.layers.Dense(10, name="logits")(h)
     model = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(h))
     qat = tfc.quantize(model, start=0.3)
-    assert {"leaky_quant", "probabilities_quant"} <= {layer.name for layer in qat.layers}
+    names = {layer.name for layer in qat.layers}
+    assert {"leaky_quant", "probabilities_quant"} <= names
+    assert not any(f"{layer.name}_quant" in names for layer in kept)
     qat.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     result = tflite_export.export(qat, tmp_path / "activations.tflite", precision="int8",
                                   validation_data=(x_test, y_test), latency_runs=0)
     assert result.report.fully_integer and result.calibration_samples == 0
-    assert result.op_counts["LEAKY_RELU"] == 1 and result.op_counts["SOFTMAX"] == 1
+    ops = result.op_counts
+    assert ops["LEAKY_RELU"] == 1 and ops["SOFTMAX"] == 1 and ops["TRANSPOSE"] == 1 and ops["TILE"] == 1
     keras_accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
     assert keras_accuracy > 0.8 and abs(result.verification.tflite_accuracy - keras_accuracy) <= 0.005
     # No int8 kernel: TFLite's SOFTMAX takes the last axis only, and ELU converts to a float ELU.

@@ -52,6 +52,10 @@ PASS_THROUGH = (
     keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
     # Nearest repeats values, bilinear averages neighbours: both stay in the input's range (U-Net decoders).
     keras.layers.UpSampling1D, keras.layers.UpSampling2D,
+    keras.layers.Permute, keras.layers.RepeatVector, keras.layers.Identity,
+    # Training-only noise and regularization: the identity in inference, so nothing in the int8 file.
+    keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.ActivityRegularization,
 )
 # Weightless layers whose output gets a range of its own.
 RANGED = (
