@@ -364,6 +364,23 @@ def test_activation_layers_and_layers_that_keep_a_range_export_fully_int8(data, 
         tfc.quantize(other)
 
 
+def test_export_before_the_fake_quant_phase_names_the_fix_and_writes_nothing(data, tmp_path):
+    x, y, _, _ = data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(10, name="logits")])
+    path = tmp_path / "qat.tflite"
+    with pytest.raises(tflite_export.RepresentativeDataError,
+                       match=r"not reached its fake-quant phase \(.*conv, logits\): it has never been trained.*"
+                             r"CompressionCallback.*or pass representative_data"):
+        tflite_export.export(tfc.quantize(model, start=0.3), path, precision="int8")
+    qat = compiled(tfc.quantize(model, start=500))  # a step this 22-step fit never reaches
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    with pytest.raises(tflite_export.RepresentativeDataError, match=r"at step 22, before their start \(step 500\)"):
+        tflite_export.export(qat, path, precision="int8")
+    assert not path.exists()
+
+
 def test_layers_qat_cannot_rewrite_are_listed_at_once_and_float_keeps_them(data):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))

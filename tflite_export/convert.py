@@ -496,6 +496,29 @@ def _half_dtype(model):
     return next(layer.compute_dtype for layer in walk(model) if getattr(layer, "compute_dtype", None) in HALF_DTYPES)
 
 
+def _check_fake_quant_started(model):
+    """Refuses a Keras 3 quantization-aware model whose layers have not reached `start`: it has no int8 ranges."""
+    from tfcompress._keras import is_keras3_object
+
+    if not is_keras3_object(model):
+        return
+    from tfcompress.quantization.keras3 import fake_quant_not_started
+
+    waiting = fake_quant_not_started(model)
+    if not waiting:
+        return
+    steps = sorted({step for step, _ in waiting.values()})
+    starts = sorted({start for _, start in waiting.values()}, key=lambda s: -1 if s is None else s)
+    where = ("it has never been trained with tfc.CompressionCallback (its `start` becomes a step when fit begins)"
+             if steps == [0] and None in starts else
+             f"its layers are at step {steps[-1]}, before their start (step {starts[-1]})")
+    names = ", ".join(list(waiting)[:4]) + (f" and {len(waiting) - 4} more" if len(waiting) > 4 else "")
+    raise RepresentativeDataError(
+        f"This quantization-aware model has not reached its fake-quant phase ({names}): {where}, so it "
+        "computes in float and has no int8 ranges to convert with. Train it past `start` with "
+        "fit(..., callbacks=[tfc.CompressionCallback()]), or pass representative_data to calibrate it.")
+
+
 def _has_loop(content):
     """True when the flatbuffer keeps control flow (a WHILE loop, more subgraphs than the main one)."""
     structure = parse_flatbuffer(content)
@@ -748,6 +771,8 @@ def _export(model, path, precision, representative_data, validation_data, *, max
                      "cannot convert: converted its float32 copy (tfcompress float32_copy, same weights); "
                      f"verification compares with the {half} model")
 
+    if qat and precision in ("int8", "edgetpu") and representative_data is None:
+        _check_fake_quant_started(keras_model)
     samples = None
     if precision in _CALIBRATED:
         if representative_data is None and not (qat and precision != "int16x8"):

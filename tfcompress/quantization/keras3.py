@@ -505,6 +505,21 @@ def quantization_layers(model):
     return [part for part in scheduled_parts(model) if isinstance(part, QUANTIZATION_LAYERS)]
 
 
+def fake_quant_not_started(model):
+    """`{layer name: (step, start)}` for the quantization-aware layers that still compute in float.
+
+    Such a layer has not trained to its `start` (or never trained: a fractional
+    `start` becomes a step only when `fit` begins), so its inference graph has
+    no fake quant and the converter gets float ops with no ranges.
+    """
+    waiting = {}
+    for layer in quantization_layers(model):
+        step, start = (float(keras.ops.convert_to_numpy(v)) for v in (layer.qat_step, layer.qat_start))
+        if step < start:
+            waiting[layer.name] = (int(step), None if start >= NEVER else int(start))
+    return waiting
+
+
 def qat_phase(parts):
     """The `qat_phase` log value (0 float, 1 fake-quant, 2 frozen) of a fit's scheduled parts, or None."""
     phases = [part.phase for part in parts if isinstance(part, QUANTIZATION_LAYERS)]
