@@ -364,8 +364,10 @@ def test_activation_layers_and_layers_that_keep_a_range_export_fully_int8(data, 
         tfc.quantize(other)
 
 
-def test_export_before_the_fake_quant_phase_names_the_fix_and_writes_nothing(data, tmp_path):
-    x, y, _, _ = data
+def test_export_before_the_fake_quant_phase(data, tmp_path):
+    """Never trained: no ranges, a clear error and no file. Stopped before `start` (an early stop): the ranges
+    its float training learned, a warning, as tf_keras does."""
+    x, y, x_test, y_test = data
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
                               keras.layers.Flatten(), keras.layers.Dense(10, name="logits")])
@@ -374,11 +376,14 @@ def test_export_before_the_fake_quant_phase_names_the_fix_and_writes_nothing(dat
                        match=r"not reached its fake-quant phase \(.*conv, logits\): it has never been trained.*"
                              r"CompressionCallback.*or pass representative_data"):
         tflite_export.export(tfc.quantize(model, start=0.3), path, precision="int8")
+    assert not path.exists()
     qat = compiled(tfc.quantize(model, start=500))  # a step this 22-step fit never reaches
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
-    with pytest.raises(tflite_export.RepresentativeDataError, match=r"at step 22, before their start \(step 500\)"):
-        tflite_export.export(qat, path, precision="int8")
-    assert not path.exists()
+    result = tflite_export.export(qat, path, precision="int8", validation_data=(x_test, y_test), latency_runs=0)
+    assert any("never started" in note and "step 22, before its start at step 500" in note for note in result.notes)
+    assert result.report.fully_integer and result.calibration_samples == 0
+    assert result.verification.agreement >= 0.95  # against the float model it still is
+    assert float(qat.get_layer("conv").qat_start.numpy()) == 500  # the user's model is unchanged
 
 
 def test_layers_qat_cannot_rewrite_are_listed_at_once_and_float_keeps_them(data):

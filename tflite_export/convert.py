@@ -496,27 +496,34 @@ def _half_dtype(model):
     return next(layer.compute_dtype for layer in walk(model) if getattr(layer, "compute_dtype", None) in HALF_DTYPES)
 
 
-def _check_fake_quant_started(model):
-    """Refuses a Keras 3 quantization-aware model whose layers have not reached `start`: it has no int8 ranges."""
+def _fake_quant_started(model, notes):
+    """A Keras 3 QAT model whose inference graph fake-quantizes: `model`, or a copy if its fit ended before `start`.
+
+    A model trained but stopped before `start` (an early stop) converts with
+    the ranges its float training learned, as a tf_keras one does, and a
+    warning; one never trained has none, and is refused with the fix.
+    """
     from tfcompress._keras import is_keras3_object
 
     if not is_keras3_object(model):
-        return
-    from tfcompress.quantization.keras3 import fake_quant_not_started
+        return model
+    from tfcompress.quantization.keras3 import fake_quant_not_started, fake_quant_twin_keras3, ranges_learned
 
     waiting = fake_quant_not_started(model)
     if not waiting:
-        return
-    steps = sorted({step for step, _ in waiting.values()})
-    starts = sorted({start for _, start in waiting.values()}, key=lambda s: -1 if s is None else s)
-    where = ("it has never been trained with tfc.CompressionCallback (its `start` becomes a step when fit begins)"
-             if steps == [0] and None in starts else
-             f"its layers are at step {steps[-1]}, before their start (step {starts[-1]})")
+        return model
     names = ", ".join(list(waiting)[:4]) + (f" and {len(waiting) - 4} more" if len(waiting) > 4 else "")
-    raise RepresentativeDataError(
-        f"This quantization-aware model has not reached its fake-quant phase ({names}): {where}, so it "
-        "computes in float and has no int8 ranges to convert with. Train it past `start` with "
-        "fit(..., callbacks=[tfc.CompressionCallback()]), or pass representative_data to calibrate it.")
+    if not ranges_learned(model):
+        raise RepresentativeDataError(
+            f"This quantization-aware model has not reached its fake-quant phase ({names}): it has never "
+            "been trained with tfc.CompressionCallback, so it has no int8 ranges to convert with. Train it "
+            "with fit(..., callbacks=[tfc.CompressionCallback()]), or pass representative_data to calibrate it.")
+    step, start = max(step for step, _ in waiting.values()), max(start or 0 for _, start in waiting.values())
+    message = (f"Quantization-aware training never started in this model (step {step}, before its start at step "
+               f"{start}: {names}): the int8 ranges come from float training only")
+    logger.warning(message)
+    notes.append(message)
+    return fake_quant_twin_keras3(model)
 
 
 def _has_loop(content):
@@ -772,7 +779,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
                      f"verification compares with the {half} model")
 
     if qat and precision in ("int8", "edgetpu") and representative_data is None:
-        _check_fake_quant_started(keras_model)
+        model = _fake_quant_started(model, notes)
     samples = None
     if precision in _CALIBRATED:
         if representative_data is None and not (qat and precision != "int16x8"):

@@ -32,6 +32,7 @@ from tfcompress.quantization.keras3_layers import (
     QUANTIZATION_LAYERS,
     SEPARABLE_LAYERS,
     ActivationQuantizer,
+    ActivationRange,
     QuantBatchNormalization,
     QuantizedKernel,
     activation_name,
@@ -518,6 +519,27 @@ def fake_quant_not_started(model):
         if step < start:
             waiting[layer.name] = (int(step), None if start >= NEVER else int(start))
     return waiting
+
+
+def ranges_learned(model):
+    """True when every learned range of the model's quantization-aware layers has seen a training batch."""
+    return all(
+        float(keras.ops.convert_to_numpy(value.seen)) > 0
+        for layer in quantization_layers(model) for value in vars(layer).values() if isinstance(value, ActivationRange)
+    )
+
+
+def fake_quant_twin_keras3(model):
+    """A copy of a Keras 3 QAT `model` that fake-quantizes from now on, with the ranges it learned so far.
+
+    For a model whose fit ended before `start` (an early stop): its ranges
+    follow the float training's batches, as tfmot's do before QAT starts.
+    """
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    for layer in quantization_layers(twin):
+        layer.qat_start.assign(0.0)
+    return twin
 
 
 def qat_phase(parts):
