@@ -523,10 +523,9 @@ def fake_quant_not_started(model):
 
 def ranges_learned(model):
     """True when every learned range of the model's quantization-aware layers has seen a training batch."""
-    return all(
-        float(keras.ops.convert_to_numpy(value.seen)) > 0
-        for layer in quantization_layers(model) for value in vars(layer).values() if isinstance(value, ActivationRange)
-    )
+    ranges = [value for layer in quantization_layers(model) for value in vars(layer).values()
+              if isinstance(value, ActivationRange)]
+    return all(float(keras.ops.convert_to_numpy(value.seen)) > 0 for value in ranges)
 
 
 def fake_quant_twin_keras3(model):
