@@ -494,10 +494,23 @@ def float_twin_keras3(model):
     The phase is a cond on a variable, which the converter folds: with the
     start out of reach, the converted file is the float model (BatchNorm folded).
     """
+    return _twin_starting_at(model, NEVER)
+
+
+def fake_quant_twin_keras3(model):
+    """A copy of a Keras 3 QAT `model` that fake-quantizes from now on, with the ranges it learned so far.
+
+    For a model whose fit ended before `start` (an early stop): its ranges
+    follow the float training's batches, as tfmot's do before QAT starts.
+    """
+    return _twin_starting_at(model, 0.0)
+
+
+def _twin_starting_at(model, start):
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     for layer in quantization_layers(twin):
-        layer.qat_start.assign(NEVER)
+        layer.qat_start.assign(start)
     return twin
 
 
@@ -526,19 +539,6 @@ def ranges_learned(model):
     ranges = [value for layer in quantization_layers(model) for value in vars(layer).values()
               if isinstance(value, ActivationRange)]
     return all(float(keras.ops.convert_to_numpy(value.seen)) > 0 for value in ranges)
-
-
-def fake_quant_twin_keras3(model):
-    """A copy of a Keras 3 QAT `model` that fake-quantizes from now on, with the ranges it learned so far.
-
-    For a model whose fit ended before `start` (an early stop): its ranges
-    follow the float training's batches, as tfmot's do before QAT starts.
-    """
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    for layer in quantization_layers(twin):
-        layer.qat_start.assign(0.0)
-    return twin
 
 
 def qat_phase(parts):
