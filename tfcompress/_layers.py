@@ -128,7 +128,13 @@ def clone_with_weights(model, clone_function=fresh_copy, copy=copy_weights_by_po
 
     Returns:
         The cloned model, uncompiled.
+
+    A Keras 3 Sequential/functional model is cloned by Keras 3's own
+    `clone_model` (nested models layer by layer too) with a plain
+    `layer -> new_layer` function, and takes the model's weights in order.
     """
+    if is_keras3_object(model):
+        return _clone_keras3_with_weights(model, clone_function)
     pairs = []
 
     def clone_layer(layer):
@@ -149,6 +155,16 @@ def clone_with_weights(model, clone_function=fresh_copy, copy=copy_weights_by_po
     clone = rebuild(build)
     for old, new in pairs:
         copy(old, new)
+    return clone
+
+
+def _clone_keras3_with_weights(model, clone_function):
+    import keras as keras3
+
+    if not is_keras3_functional(model):
+        raise ValueError("a subclassed Keras 3 model cannot be cloned")
+    clone = keras3.models.clone_model(model, clone_function=clone_function, recursive=True)
+    clone.set_weights(model.get_weights())
     return clone
 
 
@@ -262,17 +278,6 @@ def float32_copy(model):
     Returns:
         A new, uncompiled model whose layers compute in float32.
     """
-    if is_keras3_object(model):
-        import keras as keras3
-
-        if not is_keras3_functional(model):
-            raise ValueError("a subclassed Keras 3 model cannot be cloned")
-        copy = keras3.models.clone_model(
-            model, recursive=True,
-            clone_function=lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())),
-        )
-        copy.set_weights(model.get_weights())
-        return copy
     return clone_with_weights(
         model, lambda layer: layer.__class__.from_config(_float32_config(layer.get_config())), copy=_copy_same_layer
     )

@@ -566,12 +566,6 @@ def _unrolled_copy(model, names):
         config = layer.get_config()
         return layer.__class__.from_config(_unrolled_config(config) if layer.name in names else config)
 
-    if _is_keras3(model):
-        import keras as keras3
-
-        copy = keras3.models.clone_model(model, clone_function=clone)
-        copy.set_weights(model.get_weights())
-        return copy
     from tfcompress._layers import clone_with_weights
 
     return clone_with_weights(model, clone)

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from tfcompress._keras import is_keras3_functional, keras3, sync_keras3_state
+from tfcompress._layers import clone_with_weights
 from tfcompress.pruning.schedules import SCHEDULES, _FitSchedule, _validate_sparsity
 from tfcompress.scheduling import Scheduled, missing_callback, unknown_length
 
@@ -96,9 +97,7 @@ def copy_model(model):
     if not is_keras3_functional(model):
         logging.info("%s is a subclassed Keras 3 model: it is compressed in place.", model.name)
         return model
-    clone = keras3.models.clone_model(model, recursive=True)
-    clone.set_weights(model.get_weights())
-    return clone
+    return clone_with_weights(model)
 
 
 def compression_constraints(model):

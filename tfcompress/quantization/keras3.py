@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from tfcompress._keras import check_keras3_model, is_keras3_functional, keras3 as keras
-from tfcompress._layers import layer_selector
+from tfcompress._layers import clone_with_weights, layer_selector
 from tfcompress.quantization.keras3_layers import (
     FUSED_ACTIVATIONS,
     KERNEL_LAYERS,
@@ -507,8 +507,7 @@ def fake_quant_twin_keras3(model):
 
 
 def _twin_starting_at(model, start):
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
+    twin = clone_with_weights(model)
     for layer in quantization_layers(twin):
         layer.qat_start.assign(start)
     return twin
