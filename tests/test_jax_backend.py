@@ -1,4 +1,4 @@
-"""Keras 3 on JAX: pruning, clustering, distillation and QAT in one fresh interpreter; other backends refused.
+"""Keras 3 on JAX: (channel) pruning, clustering, distillation and QAT in one fresh interpreter; others refused.
 
 A process has one Keras backend and pytest's runs TensorFlow, so these run in a
 fresh interpreter with KERAS_BACKEND=jax. Starting one costs seconds of
@@ -73,6 +73,21 @@ def prune_and_cluster():
     result["values"] = {name: int(np.unique(k.numpy()).size) for name, k in kernels(clustered).items()}
     result["clustered_accuracy"] = float(clustered.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0)[1])
     return result
+
+
+def prune_channels():
+    from test_keras3_channels import cnn, compiled, dead_channels
+    pruned = compiled(tfc.prune(cnn(), 0.5, structure="channels"))
+    history = pruned.fit(x, y, epochs=3, batch_size=BATCH_SIZE, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    small = tfc.strip(pruned)
+    return {
+        "backend": keras.backend.backend(),
+        "history": [float(v) for v in history.history["channel_sparsity"]],
+        "dead": [len(dead_channels(pruned.get_layer(n).kernel.numpy(), -1)) for n in ("conv1", "conv2", "dense")],
+        "widths": [int(small.get_layer(n).kernel.shape[-1]) for n in ("conv1", "conv2", "dense")],
+        "difference": float(np.abs(np.asarray(small.predict(x_test, verbose=0))
+                                   - np.asarray(pruned.predict(x_test, verbose=0))).max()),
+    }
 
 
 def distill():
@@ -163,6 +178,7 @@ def record(name, part):
 if RUN_JAX:
     record("prune_and_cluster", prune_and_cluster)
     record("distill", distill)
+    record("prune_channels", prune_channels)
     record("quantize_cluster_and_export", quantize_cluster_and_export)
     record("fake_quant", fake_quant_like_tensorflow)
     # Keras imports itself again on numpy; tfcompress and the test modules follow, as in a numpy process.
@@ -205,6 +221,18 @@ def test_jax_backend_prunes_and_clusters(sections):
     assert result["pruned_accuracy"] > 0.85 and result["clustered_accuracy"] > 0.85
     # A mid-epoch checkpoint (masks listed with the optimizer's variables) keeps its optimizer state.
     assert result["checkpoint_step"] == 100 and result["load_warnings"] == []
+
+
+@pytest.mark.slow  # a fresh interpreter
+@needs_jax
+def test_jax_backend_prunes_channels(sections):
+    result = section(sections, "prune_channels")
+    assert result["backend"] == "jax"
+    assert result["history"][-1] == pytest.approx(0.5)
+    # Masks frozen into the jitted step would let the masked channels grow back between updates.
+    assert result["dead"] == [8, 16, 32]
+    assert result["widths"] == [8, 16, 32]
+    assert result["difference"] < 1e-5
 
 
 @pytest.mark.slow  # a fresh interpreter

@@ -7,6 +7,7 @@ from absl import logging
 
 from tfcompress._keras import KERAS3, check_keras3_backend, generation, keras, keras3
 from tfcompress.clustering.constraints import clustered_kernels
+from tfcompress.pruning.channels_keras3 import Keras3ChannelPruning, channel_pruned_models
 from tfcompress.pruning.constraints import PrunedKernel, pruned_kernels
 from tfcompress.pruning.prune import attach_sparsity_report
 from tfcompress.pruning.wrapper import find_pruning_wrappers
@@ -225,6 +226,7 @@ class _Keras3Fit:
         self.model = model
         self.params = params
         self.kernels = []
+        self.channels = []
         self.parts = []
         self.step = 0
         self.epoch_start = 0
@@ -237,7 +239,8 @@ class _Keras3Fit:
         epochs = self.params.get("epochs")
         total = steps * epochs if steps and epochs else None
         self.kernels = pruned_kernels(self.model) + clustered_kernels(self.model)
-        self.parts = self.kernels + scheduled_parts(self.model)
+        self.channels = [Keras3ChannelPruning(part, self.model) for part in channel_pruned_models(self.model)]
+        self.parts = self.kernels + self.channels + scheduled_parts(self.model)
         plan = []
         for part in self.parts:
             for entry in part.resolve_schedule(total):
@@ -254,15 +257,18 @@ class _Keras3Fit:
                 "model returned by tfc.prune / tfc.cluster (not the original) to fit()."
             )
         # Constraints refuse to run unless driven; set only once every schedule resolved.
-        for kernel in self.kernels:
-            kernel.constraint.driven = True
-        self.step_variables = [v for kernel in self.kernels for v in kernel.constraint.state_variables()]
+        for constraint in self._constraints():
+            constraint.driven = True
+        self.step_variables = [v for constraint in self._constraints() for v in constraint.state_variables()]
         self._hand_to_step(True)
         _build_keras3_at_first_step(self.model)
         optimizer = getattr(self.model, "optimizer", None)
         self.step = int(keras3.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
         self.first_epoch = True
         return plan
+
+    def _constraints(self):
+        return [kernel.constraint for kernel in self.kernels] + [c for part in self.channels for c in part.constraints]
 
     def _hand_to_step(self, on):
         """On JAX, lists the constraints' variables with the optimizer's, so the jitted step reads them live.
@@ -319,11 +325,11 @@ class _Keras3Fit:
 
     def end(self):
         # The last update of a schedule that ends with the fit (`end=1.0`) falls after the last batch.
-        for kernel in self.kernels:
-            kernel.on_schedule_step(self.step)
+        for part in self.kernels + self.channels:
+            part.on_schedule_step(self.step)
         self._hand_to_step(False)
-        for kernel in self.kernels:
-            kernel.constraint.driven = False
+        for constraint in self._constraints():
+            constraint.driven = False
 
     def sparsity(self):
         """The share of masked weights over every pruned kernel, or None when nothing is pruned."""
@@ -336,6 +342,9 @@ class _Keras3Fit:
         sparsity = self.sparsity()
         if logs is not None and sparsity is not None:
             logs["sparsity"] = sparsity
+        if logs is not None and self.channels:
+            counts = [part.channel_counts() for part in self.channels]
+            logs["channel_sparsity"] = sum(m for m, _ in counts) / max(1, sum(t for _, t in counts))
         phase = qat_phase(self.parts)
         if logs is not None and phase is not None:
             logs["qat_phase"] = phase

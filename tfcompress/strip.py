@@ -14,7 +14,7 @@ from tfcompress._keras import (
     keras3,
     weight_name,
 )
-from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints
+from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints, plain_config
 from tfcompress._layers import clone_with_weights, rebuild
 from tfcompress.clustering.wrapper import ClusterWeights, find_cluster_wrappers
 from tfcompress.pruning.channels import is_channel_pruned, strip_channels
@@ -58,7 +58,8 @@ def strip(model):
     ```
     """
     if generation(model, "tfc.strip") == KERAS3:
-        return _strip_constraints(check_keras3_model(model, "tfc.strip"))
+        check_keras3_model(model, "tfc.strip")
+        return strip_channels(model) if is_channel_pruned(model) else _strip_constraints(model)
     check_model(model, "tfc.strip")
     if is_channel_pruned(model):
         return strip_channels(model)
@@ -106,24 +107,13 @@ def _strip_pruned_clusters(model):
     return clone_with_weights(model, plain)
 
 
-def _plain_config(config):
-    """A layer config with each tfcompress constraint replaced by the constraint it wraps (often None)."""
-    if isinstance(config, dict):
-        if str(config.get("registered_name", "")).startswith("tfcompress>"):
-            return config.get("config", {}).get("inner")
-        return {key: _plain_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_plain_config(value) for value in config]
-    return config
-
-
 def _strip_constraints(model):
     """`strip` for Keras 3: the kernels as compressed, without tfcompress constraints."""
     constrained = compression_constraints(model)
     values = {id(v): c.effective(np.asarray(v.numpy())) for _, v, c in constrained}
     if is_keras3_functional(model):
         clone = keras3.models.clone_model(
-            model, clone_function=lambda layer: layer.__class__.from_config(_plain_config(layer.get_config())),
+            model, clone_function=lambda layer: layer.__class__.from_config(plain_config(layer.get_config())),
             recursive=True,
         )
         clone.set_weights([values[id(v)] if id(v) in values else v.numpy() for v in model.weights])

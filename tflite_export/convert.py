@@ -748,9 +748,18 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     original = model
     notes = []
     if _check_model(model):
+        from tfcompress.pruning.channels import is_channel_pruned
         from tfcompress.quantization.keras3 import is_quantization_aware
 
-        stripped, qat = [], is_quantization_aware(model)
+        stripped = []
+        if is_channel_pruned(model):  # the masked channels go: the smaller, faster model tfc.strip gives
+            import tfcompress
+
+            model = tfcompress.strip(model)
+            stripped = ["channel pruning"]
+            notes.append("removed the masked channels with tfcompress.strip before conversion "
+                         "(the model tfc.strip(model) gives)")
+        qat = is_quantization_aware(model)
         notes.append("Keras 3 model converted as is: its kernels hold their zeros and shared values"
                      + (", its quantization-aware layers their learned int8 ranges" if qat else ""))
     else:

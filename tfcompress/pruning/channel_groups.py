@@ -28,9 +28,8 @@ not see an exact zero once the channel is masked (e.g. `sigmoid(0) = 0.5`).
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
-from tfcompress._keras import keras, weight_name
+from tfcompress._keras import is_keras3_object, keras, keras3, weight_name
 
 # Weights zeroed while a channel is masked and scored for its importance.
 OUT = "out"  # a producer's filters / units (and its bias)
@@ -124,9 +123,9 @@ def _class_name(layer):
     return type(layer).__name__
 
 
-def _activation_name(activation):
+def _activation_name(activation, K=keras):
     try:
-        return keras.activations.serialize(activation)
+        return K.activations.serialize(activation)
     except (ValueError, TypeError):
         return getattr(activation, "__name__", str(activation))
 
@@ -134,7 +133,7 @@ def _activation_name(activation):
 def _zero_preserving(function):
     """True when `function(0) == 0`, so a masked channel stays exactly zero after it."""
     try:
-        return bool(np.all(np.asarray(function(tf.zeros((1, 1)))) == 0.0))
+        return bool(np.all(np.asarray(function(np.zeros((1, 1), np.float32))) == 0.0))
     except Exception:  # noqa: BLE001 - any activation that cannot run alone is treated as unsafe
         return False
 
@@ -153,20 +152,30 @@ def _key(tensor):
 
 
 def _nodes_in_order(model):
-    """The model's nodes, inputs first (a topological order of its graph)."""
-    by_depth = model._nodes_by_depth
+    """The model's nodes, inputs first (a topological order of its graph).
+
+    Keras 3 keeps a Sequential model's graph in its inner functional model.
+    """
+    by_depth = getattr(getattr(model, "_functional", None) or model, "_nodes_by_depth")
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
+def _node_parts(node):
+    """`(layer, input tensors, output tensors)` of a node of either Keras."""
+    if hasattr(node, "operation"):  # Keras 3
+        return node.operation, _flat(node.input_tensors), _flat(node.outputs)
+    return node.layer, _flat(node.keras_inputs), _flat(node.outputs)
+
+
 def _flat(value):
-    return tf.nest.flatten(value)
+    return keras3.tree.flatten(value)
 
 
 class ChannelGraph:
-    """The channel classes and groups of a functional or Sequential tf_keras model.
+    """The channel classes and groups of a functional or Sequential model of either Keras.
 
     Arguments:
-        model: a built Sequential or functional tf_keras model.
+        model: a built Sequential or functional tf_keras or Keras 3 model.
 
     Attributes:
         groups: every `ChannelGroup`, prunable or not, in graph order.
@@ -182,6 +191,7 @@ class ChannelGraph:
 
     def __init__(self, model):
         self.model = model
+        self._K = keras3 if is_keras3_object(model) else keras
         self._uf = _UnionFind()
         self._space = []  # per channel node: the first node of its producer's output (its space)
         self._space_info = {}  # space -> (producer layer name, channels)
@@ -237,10 +247,8 @@ class ChannelGraph:
 
     def _walk(self):
         for node in _nodes_in_order(self.model):
-            layer = node.layer
-            inputs = _flat(node.keras_inputs)
-            outputs = _flat(node.outputs)
-            if isinstance(layer, keras.layers.InputLayer) or not inputs:
+            layer, inputs, outputs = _node_parts(node)
+            if _class_name(layer) == "InputLayer" or not inputs:
                 for tensor in outputs:
                     size = _shape(tensor)[-1] if len(_shape(tensor)) else 1
                     self._set(tensor, np.full(size or 0, -1), np.ones(size or 0, bool))
@@ -268,22 +276,24 @@ class ChannelGraph:
             self._culprit[key] = culprit
 
     def _handler(self, layer, inputs, outputs):
+        K = self._K
         name = _class_name(layer)
         rank = len(_shape(inputs[0]))
         if len(outputs) != 1:
             return self._barrier
-        if isinstance(layer, keras.Model):
+        # A Keras 3 op called on a tensor (`x + 3.0`) is no layer: like tf_keras's TFOpLambda, a barrier.
+        if isinstance(layer, K.Model) or not isinstance(layer, K.layers.Layer):
             return self._barrier
         if not _channels_last(layer):
             return self._barrier
-        transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+        transposed = (K.layers.Conv1DTranspose, K.layers.Conv2DTranspose, K.layers.Conv3DTranspose)
         if isinstance(layer, transposed):
             return self._barrier
-        if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        if isinstance(layer, (K.layers.SeparableConv1D, K.layers.SeparableConv2D)):
             return self._separable
-        if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        if isinstance(layer, (K.layers.DepthwiseConv1D, K.layers.DepthwiseConv2D)):
             return self._depthwise
-        if isinstance(layer, keras.layers.Conv1D) or isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv3D)):
+        if isinstance(layer, (K.layers.Conv1D, K.layers.Conv2D, K.layers.Conv3D)):
             return self._producer if getattr(layer, "groups", 1) == 1 else self._barrier
         if name == "Dense":
             return self._producer
@@ -291,7 +301,7 @@ class ChannelGraph:
             axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
             return self._batchnorm if [a % rank for a in axis] == [rank - 1] else self._barrier
         if name in _ACTIVATIONS:
-            if name == "Activation" and _activation_name(layer.activation) in _CHANNEL_COUPLING:
+            if name == "Activation" and _activation_name(layer.activation, K) in _CHANNEL_COUPLING:
                 return self._barrier
             return self._activation
         if name == "PReLU":
@@ -337,7 +347,7 @@ class ChannelGraph:
         activation = getattr(layer, "activation", None)
         if activation is None:
             return True
-        if _activation_name(activation) in _CHANNEL_COUPLING:
+        if _activation_name(activation, self._K) in _CHANNEL_COUPLING:
             self._mark(out, f"{layer.name} applies a softmax across its channels")
             return False
         return _zero_preserving(activation)
@@ -375,7 +385,9 @@ class ChannelGraph:
         (in_owners,) = owners
         out = np.repeat(in_owners, layer.depth_multiplier)
         if self._shared_inputs(layer, owners):
-            self._slice(layer, "depthwise_kernel", -2, in_owners, CHANNEL)
+            # Keras 3 names a depthwise layer's kernel `kernel`; tf_keras `depthwise_kernel`.
+            kernel = "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel"
+            self._slice(layer, kernel, -2, in_owners, CHANNEL)
             if layer.use_bias:
                 self._slice(layer, "bias", 0, out, CHANNEL)
         # Its own masked kernel and bias make a masked channel zero, whatever comes in.
@@ -579,7 +591,7 @@ class ChannelGraph:
 
 
 def _ordered_layers(model):
-    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return [layer for layer in model.layers if _class_name(layer) != "InputLayer"]
 
 
 def _node_macs(node, kept):
@@ -603,7 +615,7 @@ def count_macs(model):
     """Multiply-adds of one example through `model`'s Conv, Dense, depthwise and separable layers.
 
     Arguments:
-        model: a built Sequential or functional tf_keras model.
+        model: a built Sequential or functional model of either Keras.
 
     Returns:
         An int.

@@ -12,6 +12,10 @@ constraints keep them at zero after every step, whatever `train_step` runs
 (a `Distiller`'s included). `tfc.strip` then rebuilds the model with fewer
 filters and units and copies the surviving weights: a smaller, faster
 model that loads with plain tf_keras and converts to TFLite at any precision.
+
+Keras 3 models hold the same masks as constraints of their own layers
+(`channels_keras3.py`); the groups, ranking, schedule and rebuild here serve
+both.
 """
 
 import dataclasses
@@ -20,10 +24,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tfcompress._keras import check_model, keras, weight_name
+from tfcompress._keras import (
+    KERAS3, check_keras3_model, check_model, generation, is_keras3_object, is_model, keras, keras3, weight_name,
+)
 from tfcompress._layers import clone_with_weights, layer_selector, named_layers
 from tfcompress._metrics import report_metric
 from tfcompress.pruning.channel_groups import CHANNEL, OUT, ChannelGraph, count_macs
+from tfcompress.pruning.constraints import plain_config
 from tfcompress.pruning.schedules import (
     _MAX_FREQUENCY,
     _UPDATES_PER_SPAN,
@@ -124,89 +131,21 @@ class ChannelSchedule(Span):
         return target + (initial - target) * (1.0 - progress) ** self.power
 
 
-@keras.utils.register_keras_serializable(package="tfcompress")
-class ChannelPruned(keras.Model, Scheduled):
-    """A functional model whose channels are masked group by group during `fit`.
+class ChannelMasking:
+    """What a channel-pruned model of either Keras does with its masks: rank, choose, plan.
 
-    Users get it from `tfc.prune(model, sparsity, structure="channels")`.
-    Its layers are ordinary tf_keras layers; one non-trainable weight,
-    `channel_mask`, says which channel classes are kept. Training needs
-    `tfc.CompressionCallback()`; `tfc.strip` returns the smaller plain model.
-
-    Attributes:
-        channel_graph: the `ChannelGraph` (groups, slices) of the model.
-        targets: `{group name: final share of its channels removed}`.
+    The holder has `channel_graph`, `targets`, `_settings` and `_schedule`,
+    and gives `kept` (a bool per channel class), `_model` (whose layers hold
+    the weights) and `_set_kept(keep)` (writes the masks and zeroes the
+    masked channels' weights).
     """
-
-    def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
-        settings = kwargs.pop("channel_pruning", None)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, trainable=trainable, **kwargs)
-        if settings is None:
-            raise ValueError(CLONE_ERROR)
-        graph = ChannelGraph(self)
-        groups = {group.name: group for group in graph.prunable_groups}
-        unknown = sorted(set(settings["targets"]) - set(groups))
-        if unknown:
-            raise ValueError(f"Channel groups {unknown} are not prunable groups of this model.")
-        schedule = ChannelSchedule(
-            settings["initial_sparsity"], settings["begin"], settings["end"], settings["power"],
-            settings["frequency"], settings["schedule"] == "constant",
-        )
-        # Plain attributes: the graph and schedule hold no weights, and tracking would list layers twice.
-        object.__setattr__(self, "channel_graph", graph)
-        object.__setattr__(self, "_settings", dict(settings))
-        object.__setattr__(self, "_schedule", schedule)
-        object.__setattr__(self, "_driven", False)
-        targets = {name: settings["targets"][name] for name in groups if name in settings["targets"]}
-        object.__setattr__(self, "targets", targets)
-        self.channel_mask = self.add_weight(
-            name="channel_mask", shape=(graph.num_classes + 1,), initializer="ones", trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-        object.__setattr__(self, "_constrained", self._install_constraints())
-        object.__setattr__(self, "_apply_function", None)
-
-    # ---- masks -------------------------------------------------------------------------------
 
     def _variables(self):
         return {
             (layer.name, weight_name(variable)): variable
-            for layer in self.layers
+            for layer in self._model.layers
             for variable in layer.weights
         }
-
-    def _install_constraints(self):
-        variables = self._variables()
-        constrained = []
-        for layer_name, cuts in self.channel_graph.slices.items():
-            for cut in cuts:
-                if cut.role not in (OUT, CHANNEL):
-                    continue
-                variable = variables[(layer_name, cut.weight)]
-                rank = len(variable.shape)
-                constraint = _MaskConstraint(
-                    self.channel_mask, cut.owners + 1, cut.axis % rank, rank, variable.constraint
-                )
-                # The optimizer applies a variable's constraint after each update; tf.Variable has no setter.
-                variable._constraint = constraint
-                constrained.append((variable, constraint))
-        return constrained
-
-    def apply_masks(self):
-        """Zeroes the weights of masked channels now (the optimizer does it after each step)."""
-        if self._apply_function is None:
-            # One traced function: a few hundred eager assigns would cost more than the batch.
-            def apply():
-                for variable, constraint in self._constrained:
-                    variable.assign(constraint(variable))
-
-            object.__setattr__(self, "_apply_function", tf.function(apply, autograph=False))
-        self._apply_function()
-
-    @property
-    def kept(self):
-        """A bool per channel class: True while the class is kept."""
-        return self.channel_mask.numpy()[1:] > 0.5
 
     def importance(self):
         """Each channel class's importance: the norms of its filters plus BatchNorm |gamma|.
@@ -276,28 +215,21 @@ class ChannelPruned(keras.Model, Scheduled):
                 classes = np.unique(cut.owners[cut.owners >= 0])
                 if len(classes) and not keep[classes].any():
                     keep[classes[np.argmax(scores[classes])]] = True
-        self.channel_mask.assign(np.concatenate([[1.0], keep.astype(np.float32)]))
-        self.apply_masks()
+        self._set_kept(keep)
         return int((~keep).sum())
 
-    # ---- schedule (driven by CompressionCallback) --------------------------------------------
+    def planned_cost(self):
+        """`((params, macs) dense, (params, macs) at every group's target)` of the stripped model."""
+        graph = self.channel_graph
+        keep = np.ones(graph.num_classes, bool)
+        for group in graph.prunable_groups:
+            if group.name in self.targets:
+                remove = channels_removed(self.targets[group.name], group.channels)
+                keep[group.first:group.first + remove] = False
+        return graph.cost(), graph.cost(keep)
 
-    def resolve_schedule(self, total_steps):
-        schedule = self._schedule
-        if schedule.needs_fit_length and total_steps is None:
-            raise unknown_length("channel pruning", "give tfc.prune absolute step numbers for `begin` and `end`")
-        begin, end, frequency = schedule.resolve(total_steps)
-        object.__setattr__(self, "_driven", True)
-        self.apply_masks()  # traces the mask function now, not inside the first batch
-        if getattr(self, "_channel_report", None) is None:
-            # `channel_sparsity` in the logs: the share of the pruned groups' channels masked now.
-            members = np.zeros(self.channel_graph.num_classes, np.float32)
-            for group in self.channel_graph.prunable_groups:
-                if group.name in self.targets:
-                    members[group.first:group.first + group.channels] = 1.0
-            object.__setattr__(
-                self, "_channel_report", (report_metric(self, "channel_sparsity"), tf.constant(members))
-            )
+    def _plan(self, total_steps, begin, end, frequency):
+        """The plan entry `CompressionCallback` prints and returns for the resolved schedule."""
         targets = sorted(set(self.targets.values()))
         before, after = self.planned_cost()
         total = f" of {total_steps}" if total_steps else ""
@@ -322,6 +254,112 @@ class ChannelPruned(keras.Model, Scheduled):
             "description": description,
         }]
 
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class ChannelPruned(ChannelMasking, keras.Model, Scheduled):
+    """A functional model whose channels are masked group by group during `fit`.
+
+    Users get it from `tfc.prune(model, sparsity, structure="channels")`.
+    Its layers are ordinary tf_keras layers; one non-trainable weight,
+    `channel_mask`, says which channel classes are kept. Training needs
+    `tfc.CompressionCallback()`; `tfc.strip` returns the smaller plain model.
+
+    Attributes:
+        channel_graph: the `ChannelGraph` (groups, slices) of the model.
+        targets: `{group name: final share of its channels removed}`.
+    """
+
+    def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
+        settings = kwargs.pop("channel_pruning", None)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, trainable=trainable, **kwargs)
+        if settings is None:
+            raise ValueError(CLONE_ERROR)
+        graph = ChannelGraph(self)
+        groups = {group.name: group for group in graph.prunable_groups}
+        unknown = sorted(set(settings["targets"]) - set(groups))
+        if unknown:
+            raise ValueError(f"Channel groups {unknown} are not prunable groups of this model.")
+        schedule = ChannelSchedule(
+            settings["initial_sparsity"], settings["begin"], settings["end"], settings["power"],
+            settings["frequency"], settings["schedule"] == "constant",
+        )
+        # Plain attributes: the graph and schedule hold no weights, and tracking would list layers twice.
+        object.__setattr__(self, "channel_graph", graph)
+        object.__setattr__(self, "_settings", dict(settings))
+        object.__setattr__(self, "_schedule", schedule)
+        object.__setattr__(self, "_driven", False)
+        targets = {name: settings["targets"][name] for name in groups if name in settings["targets"]}
+        object.__setattr__(self, "targets", targets)
+        self.channel_mask = self.add_weight(
+            name="channel_mask", shape=(graph.num_classes + 1,), initializer="ones", trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        object.__setattr__(self, "_constrained", self._install_constraints())
+        object.__setattr__(self, "_apply_function", None)
+
+    # ---- masks -------------------------------------------------------------------------------
+
+    @property
+    def _model(self):
+        return self
+
+    @property
+    def kept(self):
+        """A bool per channel class: True while the class is kept."""
+        return self.channel_mask.numpy()[1:] > 0.5
+
+    def _set_kept(self, keep):
+        self.channel_mask.assign(np.concatenate([[1.0], keep.astype(np.float32)]))
+        self.apply_masks()
+
+    def _install_constraints(self):
+        variables = self._variables()
+        constrained = []
+        for layer_name, cuts in self.channel_graph.slices.items():
+            for cut in cuts:
+                if cut.role not in (OUT, CHANNEL):
+                    continue
+                variable = variables[(layer_name, cut.weight)]
+                rank = len(variable.shape)
+                constraint = _MaskConstraint(
+                    self.channel_mask, cut.owners + 1, cut.axis % rank, rank, variable.constraint
+                )
+                # The optimizer applies a variable's constraint after each update; tf.Variable has no setter.
+                variable._constraint = constraint
+                constrained.append((variable, constraint))
+        return constrained
+
+    def apply_masks(self):
+        """Zeroes the weights of masked channels now (the optimizer does it after each step)."""
+        if self._apply_function is None:
+            # One traced function: a few hundred eager assigns would cost more than the batch.
+            def apply():
+                for variable, constraint in self._constrained:
+                    variable.assign(constraint(variable))
+
+            object.__setattr__(self, "_apply_function", tf.function(apply, autograph=False))
+        self._apply_function()
+
+    # ---- schedule (driven by CompressionCallback) --------------------------------------------
+
+    def resolve_schedule(self, total_steps):
+        schedule = self._schedule
+        if schedule.needs_fit_length and total_steps is None:
+            raise unknown_length("channel pruning", "give tfc.prune absolute step numbers for `begin` and `end`")
+        begin, end, frequency = schedule.resolve(total_steps)
+        object.__setattr__(self, "_driven", True)
+        self.apply_masks()  # traces the mask function now, not inside the first batch
+        if getattr(self, "_channel_report", None) is None:
+            # `channel_sparsity` in the logs: the share of the pruned groups' channels masked now.
+            members = np.zeros(self.channel_graph.num_classes, np.float32)
+            for group in self.channel_graph.prunable_groups:
+                if group.name in self.targets:
+                    members[group.first:group.first + group.channels] = 1.0
+            object.__setattr__(
+                self, "_channel_report", (report_metric(self, "channel_sparsity"), tf.constant(members))
+            )
+        return self._plan(total_steps, begin, end, frequency)
+
     def on_schedule_step(self, step):
         schedule = self._schedule
         if schedule.updates_at(step):
@@ -340,18 +378,6 @@ class ChannelPruned(keras.Model, Scheduled):
             self.add_metric(metric(1.0 - kept / tf.reduce_sum(members)))
         return outputs
 
-    # ---- sizes ---------------------------------------------------------------------------------
-
-    def planned_cost(self):
-        """`((params, macs) dense, (params, macs) at every group's target)` of the stripped model."""
-        graph = self.channel_graph
-        keep = np.ones(graph.num_classes, bool)
-        for group in graph.prunable_groups:
-            if group.name in self.targets:
-                remove = channels_removed(self.targets[group.name], group.channels)
-                keep[group.first:group.first + remove] = False
-        return graph.cost(), graph.cost(keep)
-
     # ---- saving --------------------------------------------------------------------------------
 
     def get_config(self):
@@ -368,8 +394,24 @@ class ChannelPruned(keras.Model, Scheduled):
 
 
 def is_channel_pruned(model):
-    """True for a model returned by `tfc.prune(..., structure="channels")` (not yet stripped)."""
-    return isinstance(model, ChannelPruned)
+    """True for a model returned by `tfc.prune(..., structure="channels")` (not yet stripped), of either Keras."""
+    if isinstance(model, ChannelPruned):
+        return True
+    if not is_keras3_object(model):
+        return False
+    from tfcompress.pruning.channels_keras3 import is_channel_pruned_keras3  # it builds on this module
+
+    return is_channel_pruned_keras3(model)
+
+
+def channel_pruning(model):
+    """What a channel-pruned model of either Keras masks: the tf_keras `ChannelPruned` model itself, or a
+    `Keras3ChannelPruning` read from a Keras 3 model's masks (`channel_graph`, `targets`, `kept`...)."""
+    if isinstance(model, ChannelPruned):
+        return model
+    from tfcompress.pruning.channels_keras3 import Keras3ChannelPruning
+
+    return Keras3ChannelPruning(model)
 
 
 def shrink_for_quantization(model):
@@ -385,14 +427,15 @@ def shrink_for_quantization(model):
         model: a `ChannelPruned` model.
 
     Returns:
-        The stripped, smaller plain tf_keras model.
+        The stripped, smaller plain model of the same Keras.
     """
-    kept = model.kept
+    pruning = channel_pruning(model)
+    kept = pruning.kept
     behind = []
-    for group in model.channel_graph.prunable_groups:
-        if group.name not in model.targets:
+    for group in pruning.channel_graph.prunable_groups:
+        if group.name not in pruning.targets:
             continue
-        planned = channels_removed(model.targets[group.name], group.channels)
+        planned = channels_removed(pruning.targets[group.name], group.channels)
         masked = int((~kept[group.first:group.first + group.channels]).sum())
         if masked < planned:
             behind.append(f"{group.name} ({masked}/{planned} channels masked)")
@@ -403,7 +446,7 @@ def shrink_for_quantization(model):
             "take two fits: fit this model with tfc.CompressionCallback() until the schedule ends, then "
             "call tfc.quantize(model): it rebuilds the smaller model (tfc.strip) and adds QAT to it."
         )
-    (before, _), _ = model.planned_cost()
+    (before, _), _ = pruning.planned_cost()
     stripped = strip_channels(model)
     logging.info(
         "tfc.quantize: the channel-pruned model was rebuilt smaller with tfc.strip (%s -> %s params) "
@@ -477,7 +520,7 @@ def prune_channels(
     channels, nested models, ...) are left whole and named in a warning.
 
     Arguments:
-        model: a built Sequential or functional tf_keras model.
+        model: a built Sequential or functional model of either Keras.
         final_sparsity: share of each group's channels removed at `end`, in
             [0, 1). Defaults to 0.5.
         structure: "channels".
@@ -492,7 +535,9 @@ def prune_channels(
         importance: "l2" (default) or "l1" norm of the filters.
 
     Returns:
-        A `ChannelPruned` model (compile it before `fit`).
+        A `ChannelPruned` model for tf_keras; for Keras 3, a copy of the model
+        whose masked weights carry `ChannelMask` constraints. Compile it
+        before `fit`.
 
     Raises:
         ValueError: no group of the model can be pruned; a target would
@@ -508,7 +553,11 @@ def prune_channels(
     small = tfc.strip(pruned)        # fewer filters and units, same layer types
     ```
     """
-    check_model(model, "tfc.prune")
+    keras3_model = generation(model, "tfc.prune") == KERAS3
+    if keras3_model:
+        check_keras3_model(model, "tfc.prune")
+    else:
+        check_model(model, "tfc.prune")
     if structure != "channels":
         raise ValueError(f"`structure` must be None, 'unstructured' or 'channels'; got {structure!r}.")
     if is_channel_pruned(model):
@@ -530,7 +579,20 @@ def prune_channels(
     for value in (layer_sparsity or {}).values():
         _validate_sparsity(value, "layer_sparsity")
 
+    settings = {**settings, "importance": importance}
+    if keras3_model:
+        from tfcompress.pruning.channels_keras3 import prune_channels_keras3  # it builds on this module
+
+        return prune_channels_keras3(
+            model, lambda copy: _groups_and_targets(copy, final_sparsity, layers, layer_sparsity), settings
+        )
     copy = clone_with_weights(model)
+    graph, targets = _groups_and_targets(copy, final_sparsity, layers, layer_sparsity)
+    return ChannelPruned(copy.inputs, copy.outputs, name=copy.name, channel_pruning={**settings, "targets": targets})
+
+
+def _groups_and_targets(copy, final_sparsity, layers, layer_sparsity):
+    """The `ChannelGraph` of `copy` and each chosen group's target; warns of the groups left whole."""
     graph = ChannelGraph(copy)
     chosen = layer_selector(copy, layers)
     by_name = {layer.name: layer for layer in copy.layers}
@@ -593,10 +655,7 @@ def prune_channels(
             "tfc.prune(structure='channels') keeps every channel of %s: they are the model's outputs.",
             ", ".join(g.name for g in outputs),
         )
-    return ChannelPruned(
-        copy.inputs, copy.outputs, name=copy.name,
-        channel_pruning={**settings, "targets": targets, "importance": importance},
-    )
+    return graph, targets
 
 
 def strip_channels(model):
@@ -611,26 +670,31 @@ def strip_channels(model):
         model: a model returned by `tfc.prune(..., structure="channels")`.
 
     Returns:
-        A new, uncompiled functional tf_keras model.
+        A new, uncompiled functional model of the same Keras (Keras 3: without
+        tfcompress constraints).
     """
     if not is_channel_pruned(model):
         raise TypeError(f"strip_channels expects a channel-pruned model; got {type(model).__name__}.")
-    graph, keep = model.channel_graph, model.kept
-    model.apply_masks()
+    pruning = channel_pruning(model)
+    graph, keep = pruning.channel_graph, pruning.kept
+    pruning.apply_masks()
     nodes = {}
     for node in graph.nodes:
         nodes.setdefault(node.layer.name, node)
     pairs = []
 
     def resize(layer):
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             return clone_with_weights(layer)
-        config = layer.get_config()
+        if not hasattr(layer, "weights"):  # a Keras 3 op on a tensor (`x + 3.0`): no weights, no channels cut
+            return layer.__class__.from_config(layer.get_config())
+        # Keras 3: the masks' constraints leave with the masks (the user's own stay).
+        config = plain_config(layer.get_config())
         for cut in graph.slices.get(layer.name, []):
             if cut.role == OUT and cut.weight in ("kernel", "pointwise_kernel"):
                 config["filters" if "filters" in config else "units"] = graph.kept_count(cut.owners, keep)
         node = nodes.get(layer.name)
-        if isinstance(layer, keras.layers.Reshape) and node is not None:
+        if type(layer).__name__ == "Reshape" and node is not None:
             target = list(config["target_shape"])
             if target[-1] != -1:
                 target[-1] = graph.kept_count(node.output, keep)
@@ -639,14 +703,16 @@ def strip_channels(model):
         pairs.append((layer, new))
         return new
 
-    view = keras.Model(model.inputs, model.outputs, name=model.name)
-    rebuilt = keras.models.clone_model(view, clone_function=resize)
-    updates = []
+    if isinstance(model, ChannelPruned):
+        rebuilt = keras.models.clone_model(keras.Model(model.inputs, model.outputs, name=model.name),
+                                           clone_function=resize)
+    else:
+        rebuilt = keras3.models.clone_model(model, clone_function=resize)
     for old, new in pairs:
         cuts = graph.slices.get(old.name, [])
         targets = {weight_name(v): v for v in new.weights}
         for variable in old.weights:
-            value = variable.numpy()
+            value = np.asarray(variable.numpy())
             for cut in cuts:
                 if cut.weight == weight_name(variable):
                     value = np.take(value, graph.kept_positions(cut.owners, keep), axis=cut.axis)
@@ -656,8 +722,7 @@ def strip_channels(model):
                     f"Rebuilding {old.name!r}: weight {weight_name(variable)!r} is {tuple(target.shape)} in "
                     f"the smaller model but {value.shape} after slicing."
                 )
-            updates.append((target, value))
-    keras.backend.batch_set_value(updates)
+            target.assign(value)
     return rebuilt
 
 
@@ -733,21 +798,22 @@ def channel_summary(model, print_fn=print):
             "channel_summary expects a model from tfc.prune(..., structure='channels'); for any model, "
             "tfc.summary(model) gives params per layer and tfc.pruning.channels.count_macs(model) its MACs."
         )
-    graph, keep = model.channel_graph, model.kept
-    (dense, target) = model.planned_cost()
+    pruning = channel_pruning(model)
+    graph, keep = pruning.channel_graph, pruning.kept
+    (dense, target) = pruning.planned_cost()
     now = graph.cost(keep)
     rows = []
     for group in graph.groups:
         if group.prunable:
             ids = slice(group.first, group.first + group.channels)
             kept = int(keep[ids].sum())
-            share = model.targets.get(group.name, 0.0)
+            share = pruning.targets.get(group.name, 0.0)
             target_kept = group.channels - channels_removed(share, group.channels)
         else:
             kept = target_kept = group.channels
         rows.append(ChannelGroupRow(group.name, list(group.layers or group.producers), group.channels, kept,
-                                    target_kept, group.prunable and group.name in model.targets,
-                                    group.reason or ("" if group.name in model.targets else "not chosen by `layers=`")))
+                                    target_kept, group.prunable and group.name in pruning.targets,
+                                    group.reason or ("" if group.name in pruning.targets else "not chosen by `layers=`")))
     result = ChannelSummary(
         rows=rows,
         params={"dense": dense[0], "now": now[0], "target": target[0]},

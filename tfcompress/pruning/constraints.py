@@ -114,6 +114,17 @@ def compression_constraints(model):
     return found
 
 
+def plain_config(config):
+    """A layer config with each tfcompress constraint replaced by the constraint it wraps (often None)."""
+    if isinstance(config, dict):
+        if str(config.get("registered_name", "")).startswith("tfcompress>"):
+            return config.get("config", {}).get("inner")
+        return {key: plain_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [plain_config(value) for value in config]
+    return config
+
+
 class CompressionConstraint(keras3.constraints.Constraint):
     """Base of tfcompress's Keras 3 constraints: driven by `CompressionCallback`, wrapping the user's own.
 

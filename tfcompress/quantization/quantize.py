@@ -275,6 +275,9 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
     if generation(model, "tfc.quantize") == KERAS3:
         from tfcompress.quantization.keras3 import quantize_keras3
 
+        if is_channel_pruned(model):
+            model = shrink_for_quantization(model)  # as for tf_keras: QAT trains the smaller model
+
         return quantize_keras3(
             model, start=start, freeze=freeze, layers=layers, preserve=preserve, unsupported=unsupported
         )
