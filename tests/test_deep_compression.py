@@ -101,3 +101,51 @@ def test_recurrent_pruned_layer_is_refused_with_the_two_fit_path():
     pruned = tfc.prune(keras.Model(inputs, outputs), 0.5, end=0.2, layers=["lstm"])
     with pytest.raises(ValueError, match=r"tfc.cluster\(tfc.strip\(pruned\), preserve_sparsity=True\)"):
         tfc.cluster(pruned, CLUSTERS, begin=0.5)
+
+
+def test_keras3_model_prunes_clusters_and_quantizes_in_one_fit(digits, tmp_path):
+    """Keras 3 (`import keras`): the same one fit with constraints; a full-int8 file keeps zeros and clusters."""
+    import keras as keras3
+
+    x, y, x_test, y_test = digits
+    keras3.utils.set_random_seed(0)
+    inputs = keras3.Input((8, 8, 1))
+    h = keras3.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras3.layers.BatchNormalization(name="bn")(h)
+    h = keras3.layers.ReLU()(keras3.layers.MaxPooling2D()(h))
+    h = keras3.layers.Dense(64, activation="relu", name="hidden")(keras3.layers.Flatten()(h))
+    model = keras3.Model(inputs, keras3.layers.Dense(10, name="logits")(h))
+
+    pruned = tfc.prune(model, 0.8, end=0.4, layers=[keras3.layers.Dense])
+    with pytest.raises(ValueError, match=r"before its pruning ends.*begin=0.4\)"):
+        tfc.cluster(pruned, CLUSTERS, begin=0.3)
+    late = tfc.cluster(tfc.prune(model, 0.8, end=1.0, layers=["logits"]), CLUSTERS, begin=1, layers=["logits"])
+    late.compile("adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="begins at step 1, before its pruning ends at step 4"):  # known in fit
+        late.fit(x[:128], y[:128], epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    qat = tfc.quantize(tfc.cluster(pruned, CLUSTERS, begin=0.4), start=0.7)
+    qat.compile(keras3.optimizers.Adam(3e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+    callback = tfc.CompressionCallback(verbose=0)
+    history = qat.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[callback])
+    phases = {entry["compression"]: entry for entry in callback.plan}
+    assert phases["pruning"]["end_step"] == phases["clustering"]["begin_step"] == 44
+    assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
+    assert history.history["qat_phase"][-1] == 1.0
+    for name in ("hidden", "logits"):
+        kernel = qat.get_layer(name).kernel.numpy()
+        # The pruned zeros and at most CLUSTERS shared values (a centroid can lose all its weights).
+        assert _zeros(kernel) == pytest.approx(0.8, abs=0.01) and 4 < _distinct(kernel) <= CLUSTERS + 1, name
+    assert _distinct(qat.get_layer("conv").kernel.numpy()) <= CLUSTERS  # clustered, not pruned
+
+    path = tmp_path / "dc.keras"
+    qat.save(path)
+    assert np.array_equal(tfc.load_model(path).get_layer("hidden").kernel.numpy(), qat.get_layer("hidden").kernel.numpy())
+    result = tflite_export.export(qat, tmp_path / "dc.tflite", precision="int8", validation_data=(x_test, y_test))
+    assert result.report.fully_integer
+    kernels = [k for k in int8_kernels((tmp_path / "dc.tflite").read_bytes()) if k.ndim == 2]
+    assert len(kernels) == 2
+    for kernel in kernels:
+        assert _zeros(kernel) >= 0.79 and _distinct(kernel) <= CLUSTERS + 1
+    assert result.verification.tflite_accuracy > 0.85
+    assert result.verification.tflite_accuracy == pytest.approx(result.verification.keras_accuracy, abs=0.005)

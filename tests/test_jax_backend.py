@@ -119,7 +119,9 @@ def quantize_cluster_and_export():
     h = keras.layers.BatchNormalization(momentum=0.9, name="preact_bn")(h)  # nothing to fold into
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-    qat = tfc.quantize(tfc.cluster(model, clusters=8, begin=0.5, layers=[keras.layers.Dense]), start=0.5)
+    # Deep Compression in one fit: the logits pruned to 50% by mid-fit, then 8 shared values, then QAT.
+    pruned = tfc.prune(model, 0.5, end=0.5, layers=[keras.layers.Dense])
+    qat = tfc.quantize(tfc.cluster(pruned, clusters=8, begin=0.5, layers=[keras.layers.Dense]), start=0.5)
     qat.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     qat.fit(x, y, epochs=1, batch_size=LARGE_BATCH_SIZE, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     path = os.path.join(WORK_DIR, "jax.tflite")
@@ -129,6 +131,7 @@ def quantize_cluster_and_export():
         "path": path,
         "steps": [float(layer.qat_step.numpy()) for layer in qat.layers if hasattr(layer, "qat_step")],
         "values": len(np.unique(qat.get_layer("logits").kernel.numpy())),
+        "sparsity": float(np.mean(qat.get_layer("logits").kernel.numpy() == 0)),
         "keras": float(np.mean(np.argmax(np.asarray(qat(x_test)), -1) == y_test)),
         "quantization_aware": exported.quantization_aware,
         # A BatchNormalization before start: its statistics moved inside the jitted step.
@@ -263,12 +266,13 @@ def test_jax_backend_fake_quant_computes_what_tensorflow_computes(sections):
 
 @pytest.mark.slow  # two fresh interpreters: JAX for training, TensorFlow for the export
 @needs_jax
-def test_jax_backend_trains_qat_with_clusters_and_exports_through_a_tensorflow_reload(sections, digits):
+def test_jax_backend_deep_compression_in_one_fit_exports_through_a_tensorflow_reload(sections, digits):
     _, _, x_test, y_test = digits
     found = section(sections, "quantize_cluster_and_export")
     assert found["backend"] == "jax" and found["quantization_aware"]
     assert found["steps"] and all(step == 25 for step in found["steps"])  # counted inside the jitted step
-    assert found["values"] == 8
+    assert 4 < found["values"] <= 9  # the pruned zeros and at most 8 shared values
+    assert found["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert found["preact_mean_moved"] > 0
     with open(found["path"], "rb") as file:
         content = file.read()
@@ -277,7 +281,8 @@ def test_jax_backend_trains_qat_with_clusters_and_exports_through_a_tensorflow_r
     litert = np.mean(np.argmax(litert_predict(content, x_test), -1) == y_test)
     assert found["keras"] > 0.8 and abs(litert - found["keras"]) <= 0.005
     (logits,) = [k for k in int8_kernels(content) if k.shape == (10, 288)]
-    assert len(np.unique(logits)) <= 8  # the shared values, as int8 on LiteRT
+    assert len(np.unique(logits)) <= 9  # the shared values and zero, as int8 on LiteRT
+    assert np.mean(logits == 0) == pytest.approx(0.5, abs=0.01)
 
 
 @pytest.mark.slow  # a fresh interpreter

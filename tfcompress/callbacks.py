@@ -259,7 +259,8 @@ class _Keras3Fit:
         # Constraints refuse to run unless driven; set only once every schedule resolved.
         for constraint in self._constraints():
             constraint.driven = True
-        self.step_variables = [v for constraint in self._constraints() for v in constraint.state_variables()]
+        # A pruned and clustered kernel's mask is both constraints' state: list it once.
+        self.step_variables = list({id(v): v for c in self._constraints() for v in c.state_variables()}.values())
         self._hand_to_step(True)
         _build_keras3_at_first_step(self.model)
         optimizer = getattr(self.model, "optimizer", None)

@@ -62,13 +62,14 @@ def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity
 
     A model returned by `tfc.prune` is clustered in the same fit, after its
     pruning (Deep Compression's prune, then share): each pruned layer's
-    wrapper is wrapped again, and from `begin`, which must not come before
+    wrapper is wrapped again (Keras 3: the kernel's `ClusterCentroids`
+    wraps its `PruningMask`), and from `begin`, which must not come before
     the pruning's `end`, its masked kernel is clustered with the zeros kept.
     `tfc.quantize` of the result adds QAT as a third phase.
 
     Arguments:
-        model: a built Sequential or functional tf_keras model (possibly
-            returned by `tfc.prune`), or a built Keras 3 model.
+        model: a built Sequential or functional tf_keras model, or a built
+            Keras 3 model (either possibly returned by `tfc.prune`).
         clusters: shared values per kernel (> 1).
         begin: when clustering starts: a fraction of the fit (float) or a step (int).
         init: centroid initialization, as tfmot offers it: "kmeans++",

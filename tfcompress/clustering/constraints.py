@@ -19,8 +19,10 @@ import tensorflow as tf
 
 from tfcompress._keras import keras3, sync_keras3_state
 from tfcompress._tfmot import cluster_config, clustering_centroids
+from tfcompress.clustering.wrapper import clustering_before_pruning_ends
 from tfcompress.pruning.constraints import (
     CompressionConstraint,
+    PruningMask,
     attach,
     compression_constraints,
     copy_model,
@@ -71,11 +73,16 @@ class ClusterCentroids(CompressionConstraint):
         self.keep = None
 
     def build(self, kernel):
-        """Creates the centroids, the switch and (with `preserve_sparsity`) the zero mask for `kernel`."""
+        """Creates the centroids, the switch and (with `preserve_sparsity`) the zero mask for `kernel`.
+
+        A kernel also pruned (`inner` is its `PruningMask`) shares the pruning mask as its zero mask.
+        """
         if self.centroids is None:
             self.centroids = keras3.Variable(np.zeros(self.clusters, "float32"), trainable=False, name="centroids")
             self.on = keras3.Variable(0.0, trainable=False, name="clustering_on")
-            if self.preserve_sparsity:
+            if isinstance(self.inner, PruningMask):
+                self.keep = self.inner.build(kernel)
+            elif self.preserve_sparsity:
                 self.keep = keras3.Variable(
                     np.ones(kernel.shape, "float32"), trainable=False, name="nonzero"
                 )
@@ -146,6 +153,11 @@ class ClusteredKernel(Scheduled):
         if total_steps is None and is_fraction(begin):
             raise unknown_length("clustering", "give tfc.cluster an absolute step number for `begin`")
         self.begin_step = resolve_point(begin, total_steps)
+        pruning = self.constraint.inner
+        if isinstance(pruning, PruningMask) and pruning.schedule.steps is not None:
+            end_step = pruning.schedule.steps[1]  # resolved just before: pruned kernels come first
+            if self.begin_step < end_step:
+                raise clustering_before_pruning_ends(self.layer_name, self.begin_step, end_step, unit="step ")
         of = f" of {total_steps}" if total_steps else ""
         clusters = self.constraint.clusters
         return [
@@ -202,12 +214,13 @@ def cluster_with_constraints(model, clusters, begin, init, preserve_sparsity, ch
     Returns:
         The clustered model.
     """
-    if any(isinstance(c, ClusterCentroids) for _, _, c in compression_constraints(model)):
+    found = compression_constraints(model)
+    if any(isinstance(c, ClusterCentroids) for _, _, c in found):
         raise ValueError("This model is already clustered; call tfc.strip(model) before clustering it again.")
-    if compression_constraints(model):
+    if any(not isinstance(c, PruningMask) for _, _, c in found):
         raise ValueError(
-            "tfc.cluster cannot cluster a model that is being pruned. Strip the pruned model first "
-            "and keep its zeros: tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
+            "tfc.cluster clusters models pruned by tfc.prune(structure=None); this one carries channel "
+            "masks. Strip it first: tfc.cluster(tfc.strip(model))."
         )
     clustered = copy_model(model)
     count = 0
@@ -221,9 +234,16 @@ def cluster_with_constraints(model, clusters, begin, init, preserve_sparsity, ch
                 "with a constraint slot. Leave it out of `layers=`."
             )
         for owner, weight, constraint_attribute in kernels:
+            pruning = getattr(owner, constraint_attribute)
+            if isinstance(pruning, PruningMask):
+                # Deep Compression in one fit: the kernel's pruning runs first, and sharing keeps its zeros.
+                end = pruning.schedule.end
+                if is_fraction(end) == is_fraction(begin) and begin < end:
+                    raise clustering_before_pruning_ends(layer.name, begin, end)
             constraint = attach(
                 owner, weight, constraint_attribute,
-                lambda inner: ClusterCentroids(clusters, begin, init, preserve_sparsity, inner=inner),
+                lambda inner: ClusterCentroids(
+                    clusters, begin, init, preserve_sparsity or isinstance(inner, PruningMask), inner=inner),
             )
             constraint.build(getattr(owner, weight))
             count += 1

@@ -118,7 +118,7 @@ def plain_config(config):
     """A layer config with each tfcompress constraint replaced by the constraint it wraps (often None)."""
     if isinstance(config, dict):
         if str(config.get("registered_name", "")).startswith("tfcompress>"):
-            return config.get("config", {}).get("inner")
+            return plain_config(config.get("config", {}).get("inner"))  # it may wrap another of ours
         return {key: plain_config(value) for key, value in config.items()}
     if isinstance(config, list):
         return [plain_config(value) for value in config]
@@ -289,12 +289,14 @@ class PrunedKernel(Scheduled):
 
 
 def pruned_kernels(model):
-    """A `PrunedKernel` for every masked kernel in a Keras 3 `model`."""
-    return [
-        PrunedKernel(model, name, variable, constraint)
-        for name, variable, constraint in compression_constraints(model)
-        if isinstance(constraint, PruningMask)
-    ]
+    """A `PrunedKernel` for every masked kernel in a Keras 3 `model` (a clustered one's inner mask too)."""
+    found = []
+    for name, variable, constraint in compression_constraints(model):
+        while isinstance(constraint, CompressionConstraint) and not isinstance(constraint, PruningMask):
+            constraint = constraint.inner
+        if isinstance(constraint, PruningMask):
+            found.append(PrunedKernel(model, name, variable, constraint))
+    return found
 
 
 def prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n):
