@@ -1,6 +1,7 @@
 """Channel pruning benchmark: fewer channels, smaller and faster LiteRT models, on digits upsampled to 32x32.
 
     python benchmarks/bench_channels.py [--epochs 10] [--finetune_epochs 6] [--ratios 0.25,0.5,0.75]
+    python benchmarks/bench_channels.py --keras3    # the same nets built with Keras 3 (`import keras`)
     python benchmarks/bench_channels.py --norun     # table and plot again from the JSON
 
 For a MobileNet-style net (inverted residuals) and a ResNet-style net (basic
@@ -39,6 +40,7 @@ from tflite_export.verification import load_interpreter  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.demo import load_digits  # noqa: E402
 from tfcompress.pruning import count_macs  # noqa: E402
+from tfcompress.pruning.constraints import compression_constraints  # noqa: E402
 from tfcompress.summary import kernel_sparsity  # noqa: E402
 
 flags.DEFINE_integer("epochs", 10, "Dense training epochs.")
@@ -47,8 +49,9 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_list("ratios", ["0.25", "0.5", "0.75"], "Shares of channels removed.")
 flags.DEFINE_list("nets", ["mobilenet", "resnet"], "Which nets to run.")
 flags.DEFINE_integer("latency_runs", 200, "Timed invokes per flatbuffer (median reported).")
-flags.DEFINE_string("output", "benchmarks/results/channels.json", "JSON output path.")
-flags.DEFINE_string("plot", "benchmarks/results/channels_accuracy_vs_latency.png", "Plot path ('' for none).")
+flags.DEFINE_bool("keras3", False, "Build, prune and strip the nets with Keras 3 (TensorFlow backend), not tf_keras.")
+flags.DEFINE_string("output", None, "JSON output path (default: benchmarks/results/channels[_keras3].json).")
+flags.DEFINE_string("plot", None, "Plot path ('' for none; default: channels[_keras3]_accuracy_vs_latency.png).")
 flags.DEFINE_bool("run", True, "Train and measure; --norun prints the table and plot of the JSON at --output.")
 FLAGS = flags.FLAGS
 
@@ -135,9 +138,12 @@ def fit(model, data, epochs, callbacks=()):
 def unstructured_sparsity(dense, params):
     """The kernel sparsity at which tfc.prune leaves `params` nonzero parameters in `dense`."""
     probe = tfc.prune(dense, 0.5)
-    pruned_kernels = sum(
-        int(np.prod(w.layer.kernel.shape)) for w in tfc.pruning.wrapper.find_pruning_wrappers(probe)
-    )
+    if FLAGS.keras3:
+        pruned_kernels = sum(int(np.prod(v.shape)) for _, v, _ in compression_constraints(probe))
+    else:
+        pruned_kernels = sum(
+            int(np.prod(w.layer.kernel.shape)) for w in tfc.pruning.wrapper.find_pruning_wrappers(probe)
+        )
     fixed = dense.count_params() - pruned_kernels
     return float(min(max(1.0 - (params - fixed) / pruned_kernels, 0.0), 0.99))
 
@@ -275,6 +281,16 @@ def plot(rows, path):
 
 def main(argv):
     del argv
+    global keras, L
+    suffix = "_keras3" if FLAGS.keras3 else ""
+    if FLAGS.output is None:
+        FLAGS.output = f"benchmarks/results/channels{suffix}.json"
+    if FLAGS.plot is None:
+        FLAGS.plot = f"benchmarks/results/channels{suffix}_accuracy_vs_latency.png"
+    if FLAGS.keras3:
+        import keras as keras3
+
+        keras, L = keras3, keras3.layers
     if not FLAGS.run:
         record = json.loads(pathlib.Path(FLAGS.output).read_text())
         report(record["rows"], record["settings"], record["cpu"], record["tensorflow"])
@@ -286,7 +302,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as directory:
         for name in FLAGS.nets:
             rows += run_net(name, data, directory)
-    settings = {k: FLAGS[k].value for k in ("epochs", "finetune_epochs", "batch_size", "ratios", "nets", "latency_runs")}
+    settings = {k: FLAGS[k].value for k in ("epochs", "finetune_epochs", "batch_size", "ratios", "nets", "latency_runs",
+                                            "keras3")}
     goals = report(rows, settings, cpu_description(), tf.__version__)
     write_json(FLAGS.output, run_record("channels", settings=settings, rows=rows, goals=goals))
     if FLAGS.plot:
@@ -295,7 +312,8 @@ def main(argv):
 
 def report(rows, settings, cpu, tf_version):
     """Prints the markdown table and the goal lines; returns the goals."""
-    print(f"\nChannel pruning on digits 32x32 ({settings['epochs']} dense epochs, {settings['finetune_epochs']} "
+    keras_name = "Keras 3" if settings.get("keras3") else "tf_keras"
+    print(f"\nChannel pruning ({keras_name}) on digits 32x32 ({settings['epochs']} dense epochs, {settings['finetune_epochs']} "
           f"more epochs for every other row); LiteRT 1 thread, median of {settings['latency_runs']} alternating "
           f"invokes; CPU: {cpu['name']} [{' '.join(cpu['simd'])}]; TF {tf_version}. 'vs dense' compares with the "
           f"dense net fine-tuned as long; the test set has 397 digits (1 pt = 4 digits).\n")

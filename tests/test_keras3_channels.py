@@ -135,20 +135,20 @@ def test_applications_net_loses_channels_across_its_residual_blocks():
 def test_distilled_student_and_a_second_fit_for_qat(digits, tmp_path):
     x, y, x_test, y_test = digits
     teacher = compiled(cnn(seed=1))
-    teacher.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    teacher.fit(x, y, epochs=2, batch_size=64, verbose=0)
     student = tfc.prune(cnn(), 0.5, structure="channels")
     distiller = tfc.Distiller(teacher=teacher, student=student)
     distiller.compile(optimizer=keras.optimizers.Adam(3e-3),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     with pytest.raises(ValueError, match="not pruned yet.*CompressionCallback"):
         tfc.quantize(student)
-    history = distiller.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[callback()])
+    history = distiller.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback()])
     assert history.history["channel_sparsity"][-1] == pytest.approx(0.5)
 
     # QAT trains the smaller model in a second fit; its int8 file keeps the pruned shapes.
     qat = compiled(tfc.quantize(student))
     assert qat.count_params() < student.count_params() / 2
-    qat.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[callback()])
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[callback()])
     result = tflite_export.export(qat, tmp_path / "qat.tflite", precision="int8", validation_data=(x_test, y_test))
     assert result.verification.tflite_accuracy > 0.85
     assert result.verification.tflite_accuracy == pytest.approx(result.verification.keras_accuracy, abs=0.005)
