@@ -174,8 +174,9 @@ class Keras3ChannelPruning(ChannelMasking, Scheduled):
         )
         by_variable = {id(variable): constraint for _, variable, constraint in masks}
         self._masked = []  # (variable, constraint, owners): every masked weight, its positions' channel classes
+        layers = _layers_by_name(model)
         for layer_name, cuts in self.channel_graph.slices.items():
-            layer = _layers_by_name(model)[layer_name]
+            layer = layers[layer_name]
             for cut in cuts:
                 if cut.role not in (OUT, CHANNEL):
                     continue
