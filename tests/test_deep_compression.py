@@ -123,6 +123,8 @@ def test_keras3_model_prunes_clusters_and_quantizes_in_one_fit(digits, tmp_path)
     late.compile("adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="begins at step 1, before its pruning ends at step 4"):  # known in fit
         late.fit(x[:128], y[:128], epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    with pytest.raises(ValueError, match=r"once quantization has frozen its ranges.*freeze later"):
+        tfc.quantize(tfc.cluster(pruned, CLUSTERS, begin=0.6), start=0.2, freeze=0.5)
     qat = tfc.quantize(tfc.cluster(pruned, CLUSTERS, begin=0.4), start=0.7)
     qat.compile(keras3.optimizers.Adam(3e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])

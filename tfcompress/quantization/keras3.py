@@ -24,6 +24,9 @@ from absl import logging
 
 from tfcompress._keras import check_keras3_model, is_keras3_functional, keras3 as keras
 from tfcompress._layers import clone_with_weights, layer_selector
+from tfcompress.clustering.constraints import ClusterCentroids
+from tfcompress.pruning.constraints import compression_constraints
+from tfcompress.quantization.wrappers import clustering_after_freeze
 from tfcompress.quantization.keras3_layers import (
     FUSED_ACTIVATIONS,
     KERNEL_LAYERS,
@@ -259,6 +262,16 @@ def _check_phases(start, freeze):
     return start, freeze
 
 
+def _check_clustering_before_freeze(model, freeze):
+    """Refuses clustering that would begin once activation ranges and BatchNorm statistics are frozen (as tf_keras)."""
+    if freeze is None:
+        return
+    for name, _, constraint in compression_constraints(model):
+        begin = getattr(constraint, "begin", None)
+        if isinstance(constraint, ClusterCentroids) and is_fraction(begin) == is_fraction(freeze) and begin >= freeze:
+            raise clustering_after_freeze(name, begin, freeze)
+
+
 def quantize_keras3(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsupported="error"):
     """`tfc.quantize` for a Keras 3 model; see `tfc.quantize` for the arguments.
 
@@ -277,6 +290,7 @@ def quantize_keras3(model, *, start=0.0, freeze=None, layers=None, preserve=None
     """
     check_keras3_model(model, "tfc.quantize")
     start, freeze = _check_phases(start, freeze)
+    _check_clustering_before_freeze(model, freeze)
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"`unsupported` must be one of {UNSUPPORTED}; got {unsupported!r}.")
     if preserve is not None:
