@@ -24,8 +24,8 @@
 # smaller model with the surviving weights. This notebook prunes a MobileNet-style net on digits,
 # measures what it buys on LiteRT, and adds quantization-aware training in a second fit.
 #
-# Models are built with `import tf_keras as keras` (Keras 2): tfcompress's channel pruning is built on
-# tf_keras models, as its tfmot-based pruning and QAT are.
+# Models are built with `import keras` (Keras 3, what TensorFlow 2.16+ gives). The same code runs on
+# tf_keras models (`import tf_keras as keras`), where tfcompress's pruning and QAT use tfmot.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -61,7 +61,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
+import keras
 from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_digits
 
@@ -180,8 +180,8 @@ plt.show()
 # %% [markdown]
 # ## INT8 on top: quantization-aware training in a second fit
 #
-# The masks live on the pruned model's own variables, and quantization-aware training rebuilds every
-# layer, so QAT runs on the smaller model in a second fit. `tfc.quantize(pruned)` is the one call
+# Quantization-aware training rebuilds every layer (folding each BatchNorm into its convolution), so
+# it runs on the smaller model, in a second fit. `tfc.quantize(pruned)` is the one call
 # between the two: it rebuilds the smaller model (what `tfc.strip` gives) and wraps it for QAT.
 
 # %%
