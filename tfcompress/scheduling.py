@@ -109,6 +109,16 @@ class Span:
         return begin, end
 
 
+def due_since(last_step, step, due):
+    """True when `due(s)` holds for a step after `last_step` up to `step` (only `step` when `last_step` is None).
+
+    With `steps_per_execution` one callback call follows several optimizer
+    steps: an update due at any of them is caught up on.
+    """
+    first = step if last_step is None else last_step + 1
+    return any(due(s) for s in range(first, step + 1))
+
+
 def unknown_length(what, fix):
     """The error for a schedule given in fractions of a fit whose length is unknown.
 

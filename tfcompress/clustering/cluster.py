@@ -9,12 +9,12 @@ from tfcompress._layers import clone_with_weights, fresh_copy, layer_selector, n
 from tfcompress.clustering.constraints import INITIALIZATIONS, cluster_with_constraints
 from tfcompress.clustering.wrapper import (
     ClusterWeights,
-    clustering_before_pruning_ends,
+    check_pruning_ends_first,
     find_cluster_wrappers,
     wrapper_class,
 )
 from tfcompress.pruning.wrapper import PruneLowMagnitude
-from tfcompress.scheduling import is_fraction, validate_point
+from tfcompress.scheduling import validate_point
 
 # tfmot clusters these, but a rebuilt copy cannot take their trained weights before its first call.
 _LEFT_FLOAT = ("MultiHeadAttention",)
@@ -40,9 +40,7 @@ def _check_pruned(layer, begin):
             "same fit (its kernels live in cells). Strip the pruned model first and keep its zeros: "
             "tfc.cluster(tfc.strip(pruned), preserve_sparsity=True)."
         )
-    end = layer.pruning_schedule.end
-    if is_fraction(end) == is_fraction(begin) and begin < end:
-        raise clustering_before_pruning_ends(layer.layer.name, begin, end)
+    check_pruning_ends_first(layer.layer.name, begin, layer.pruning_schedule.end)
 
 
 def cluster(model, clusters=16, *, begin=0.0, init="kmeans++", preserve_sparsity=False, layers=None):

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfcompress._keras import keras3, sync_keras3_state
 from tfcompress._tfmot import cluster_config, clustering_centroids
-from tfcompress.clustering.wrapper import clustering_before_pruning_ends
+from tfcompress.clustering.wrapper import check_pruning_ends_first, clustering_before_pruning_ends
 from tfcompress.pruning.constraints import (
     CompressionConstraint,
     PruningMask,
@@ -237,9 +237,7 @@ def cluster_with_constraints(model, clusters, begin, init, preserve_sparsity, ch
             pruning = getattr(owner, constraint_attribute)
             if isinstance(pruning, PruningMask):
                 # Deep Compression in one fit: the kernel's pruning runs first, and sharing keeps its zeros.
-                end = pruning.schedule.end
-                if is_fraction(end) == is_fraction(begin) and begin < end:
-                    raise clustering_before_pruning_ends(layer.name, begin, end)
+                check_pruning_ends_first(layer.name, begin, pruning.schedule.end)
             constraint = attach(
                 owner, weight, constraint_attribute,
                 lambda inner: ClusterCentroids(

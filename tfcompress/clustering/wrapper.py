@@ -179,6 +179,16 @@ class ClusterWeights(cluster_wrapper.ClusterWeights, Scheduled):
         return {**super().get_config(), "begin": self.begin}
 
 
+def check_pruning_ends_first(layer_name, begin, end):
+    """Raises `clustering_before_pruning_ends` when clustering's `begin` comes before pruning's `end`.
+
+    Compared here only when both are fractions of the fit or both are steps;
+    mixed ones are compared once the fit's length resolves them.
+    """
+    if is_fraction(end) == is_fraction(begin) and begin < end:
+        raise clustering_before_pruning_ends(layer_name, begin, end)
+
+
 def clustering_before_pruning_ends(layer_name, begin, end, unit=""):
     """The error for clustering that would begin while the layer's pruning still moves its mask.
 

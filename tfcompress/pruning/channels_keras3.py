@@ -23,7 +23,7 @@ from tfcompress._layers import clone_with_weights
 from tfcompress.pruning.channel_groups import CHANNEL, OUT, ChannelGraph
 from tfcompress.pruning.channels import ChannelMasking, ChannelSchedule
 from tfcompress.pruning.constraints import CompressionConstraint, compression_constraints
-from tfcompress.scheduling import Scheduled, missing_callback, unknown_length
+from tfcompress.scheduling import Scheduled, due_since, missing_callback, unknown_length
 
 MISSING_CALLBACK = missing_callback("channel masks (Keras 3 constraints), which follow a schedule")
 
@@ -241,10 +241,8 @@ class Keras3ChannelPruning(ChannelMasking, Scheduled):
         return self._plan(total_steps, begin, end, frequency)
 
     def on_schedule_step(self, step):
-        # One call may follow several steps (steps_per_execution): catch up on an update due since the last.
-        first = step if self.last_step is None else self.last_step + 1
         schedule = self._schedule
-        if any(schedule.updates_at(s) for s in range(first, step + 1)):
+        if due_since(self.last_step, step, schedule.updates_at):
             sync_keras3_state(self._trainer)  # JAX: the live weights, which the masks are chosen from
             self.update_masks({name: schedule.sparsity(target, step) for name, target in self.targets.items()})
         self.last_step = step

@@ -28,7 +28,7 @@ from absl import logging
 from tfcompress._keras import is_keras3_functional, keras3, sync_keras3_state
 from tfcompress._layers import clone_with_weights
 from tfcompress.pruning.schedules import SCHEDULES, _FitSchedule, _validate_sparsity
-from tfcompress.scheduling import Scheduled, missing_callback, unknown_length
+from tfcompress.scheduling import Scheduled, due_since, missing_callback, unknown_length
 
 MISSING_CALLBACK = missing_callback("pruning masks (Keras 3 kernel constraints), which follow a schedule")
 
@@ -269,9 +269,7 @@ class PrunedKernel(Scheduled):
         ]
 
     def on_schedule_step(self, step):
-        # One call may follow several steps (steps_per_execution): catch up on any update due since the last.
-        first = step if self.last_step is None else self.last_step + 1
-        if any(self.constraint.schedule.due(s) for s in range(first, step + 1)):
+        if due_since(self.last_step, step, self.constraint.schedule.due):
             self.update(step)
         self.last_step = step
 

@@ -26,7 +26,7 @@ from tfcompress._keras import check_keras3_model, is_keras3_functional, keras3 a
 from tfcompress._layers import clone_with_weights, layer_selector
 from tfcompress.clustering.constraints import ClusterCentroids
 from tfcompress.pruning.constraints import compression_constraints
-from tfcompress.quantization.wrappers import clustering_after_freeze
+from tfcompress.quantization.wrappers import check_clustering_before_freeze
 from tfcompress.quantization.keras3_layers import (
     FUSED_ACTIVATIONS,
     KERNEL_LAYERS,
@@ -264,12 +264,8 @@ def _check_phases(start, freeze):
 
 def _check_clustering_before_freeze(model, freeze):
     """Refuses clustering that would begin once activation ranges and BatchNorm statistics are frozen (as tf_keras)."""
-    if freeze is None:
-        return
-    for name, _, constraint in compression_constraints(model):
-        begin = getattr(constraint, "begin", None)
-        if isinstance(constraint, ClusterCentroids) and is_fraction(begin) == is_fraction(freeze) and begin >= freeze:
-            raise clustering_after_freeze(name, begin, freeze)
+    begins = ((name, c.begin) for name, _, c in compression_constraints(model) if isinstance(c, ClusterCentroids))
+    check_clustering_before_freeze(begins, freeze)
 
 
 def quantize_keras3(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsupported="error"):

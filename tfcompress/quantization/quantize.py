@@ -33,7 +33,7 @@ from tfcompress.quantization.wrappers import (
     QuantizeInput,
     QuantizeWrapper,
     find_quantization_layers,
-    clustering_after_freeze,
+    check_clustering_before_freeze,
     rebuilt_copy,
     unwrapped,
 )
@@ -317,12 +317,8 @@ def quantize(model, *, start=0.0, freeze=None, layers=None, preserve=None, unsup
 
 def _check_clustering_before_freeze(model, freeze):
     """Refuses clustering that would begin once activation ranges and BatchNorm statistics are frozen."""
-    if freeze is None:
-        return
-    for wrapper in find_cluster_wrappers(model):
-        begin = getattr(wrapper, "begin", 0.0)
-        if is_fraction(begin) == is_fraction(freeze) and begin >= freeze:
-            raise clustering_after_freeze(unwrapped(wrapper).name, begin, freeze)
+    begins = ((unwrapped(wrapper).name, getattr(wrapper, "begin", 0.0)) for wrapper in find_cluster_wrappers(model))
+    check_clustering_before_freeze(begins, freeze)
 
 
 def _uncovered(model, chosen):

@@ -288,6 +288,18 @@ class ClusteredQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return self.inner.get_config()
 
 
+def check_clustering_before_freeze(begins, freeze):
+    """Raises `clustering_after_freeze` for the first `(layer name, begin)` at or after QAT's `freeze`.
+
+    Compared here only when both points are fractions of the fit or both are steps.
+    """
+    if freeze is None:
+        return
+    for name, begin in begins:
+        if is_fraction(begin) == is_fraction(freeze) and begin >= freeze:
+            raise clustering_after_freeze(name, begin, freeze)
+
+
 def clustering_after_freeze(layer_name, begin, freeze, unit=""):
     """The error for clustering that begins after QAT froze the ranges its shared values would move."""
     return ValueError(
