@@ -107,14 +107,14 @@ def test_recurrent_text_model_converts_from_a_batch_1_signature(cell, recurrent_
 
 
 def test_bidirectional_recurrent_model_converts_to_int8_unrolled(tokens, tmp_path):
-    # A Keras 3 LSTM has no fused TFLite op (nor has a GRU, in either Keras): both directions convert
-    # to WHILE loops, which calibration cannot run; the wrapper is rebuilt with both unrolled.
+    # A GRU has no fused TFLite op (in either Keras): both directions convert to WHILE loops, which
+    # calibration cannot run; the wrapper is rebuilt with both unrolled.
     import keras as K
 
     x_train, y_train, x_test, y_test = tokens
     K.utils.set_random_seed(0)
     model = K.Sequential([K.Input((24,), dtype="int32"), K.layers.Embedding(17, 8),
-                          K.layers.Bidirectional(K.layers.LSTM(8), name="bi"), K.layers.Dense(10)])
+                          K.layers.Bidirectional(K.layers.GRU(8), name="bi"), K.layers.Dense(10)])
     model.compile(K.optimizers.Adam(1e-2), K.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
@@ -191,3 +191,74 @@ def test_mixed_float16_model_exports_its_float32_copy(mixed_float16_pruned_cnn, 
     # The user's model is untouched: still pruning wrappers, still computing in float16.
     assert tfc.strip(model).get_layer("conv2").compute_dtype == "float16"
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_keras3_layer_normalization_exports_fully_int8(digits, tmp_path):
+    """Keras 3's LayerNormalization (a NEG in its graph, no int8 kernel) converts fully integer."""
+    import keras as keras3
+
+    x_train, y_train, x_test, y_test = digits
+    keras3.utils.set_random_seed(0)
+    inputs = keras3.Input((8, 8))  # a digit as a sequence of 8 rows of 8 pixels
+    h = keras3.layers.Dense(16, name="embed")(inputs)
+    h = keras3.layers.LayerNormalization(name="norm_last")(h)
+    h = keras3.layers.LayerNormalization(axis=[1, 2], center=False, name="norm_both")(keras3.layers.ReLU()(h))
+    h = keras3.layers.Flatten()(h)
+    model = keras3.Model(inputs, keras3.layers.Dense(10)(h))
+    model.compile(keras3.optimizers.Adam(3e-3),
+                  keras3.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train[..., 0], y_train, epochs=4, batch_size=32, verbose=0)
+
+    path = tmp_path / "norm.tflite"
+    result = tflite_export.export(model, path, "int8", representative_data=x_train[:128, ..., 0],
+                                  validation_data=(x_test[..., 0], y_test), latency_runs=0)
+    ops = {op.name for op in parse_flatbuffer(read_flatbuffer(path)).ops}
+    assert result.report.fully_integer and "NEG" not in ops, ops
+    assert any("LayerNormalization layers (norm_last, norm_both)" in note for note in result.notes)
+    assert result.verification.keras_accuracy > 0.8
+    assert result.verification.agreement >= 0.95
+    # The user's model is untouched; fp32 converts it as Keras computes it (the NEG stays, in float).
+    assert type(model.get_layer("norm_last")) is keras3.layers.LayerNormalization
+    fp32 = tflite_export.export(model, tmp_path / "fp32.tflite", "fp32", latency_runs=0)
+    assert not any("LayerNormalization" in note for note in fp32.notes)
+    assert "NEG" in {op.name for op in parse_flatbuffer(read_flatbuffer(tmp_path / "fp32.tflite")).ops}
+
+
+def test_keras3_lstm_exports_int8_as_tflites_fused_lstm(tokens, tmp_path):
+    """Keras 3 LSTMs (a Bidirectional's too) convert to fused LSTM ops at int8, not to an unrolled loop."""
+    import keras as keras3
+    from tflite_export.keras3_lowering import fusable_lstms
+
+    x_train, y_train, x_test, y_test = tokens
+    keras3.utils.set_random_seed(0)
+    layers = keras3.layers
+    inputs = keras3.Input((24,), dtype="int32")
+    h = layers.Embedding(17, 16)(inputs)
+    h = layers.Bidirectional(layers.LSTM(16, return_sequences=True), name="both_ways")(h)
+    h = layers.LSTM(24, go_backwards=True, name="last")(h)
+    model = keras3.Model(inputs, layers.Dense(10)(h))
+    model.compile(keras3.optimizers.Adam(3e-3),
+                  keras3.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0)
+
+    results, ops = {}, {}
+    for precision in ("fp32", "int8"):
+        path = tmp_path / f"{precision}.tflite"
+        results[precision] = tflite_export.export(model, path, precision, representative_data=x_train[:64],
+                                                  validation_data=(x_test, y_test), latency_runs=0)
+        ops[precision] = [op.name for op in parse_flatbuffer(read_flatbuffer(path)).ops]
+    int8 = results["int8"]
+    assert ops["int8"].count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 3 and "WHILE" not in ops["int8"], ops["int8"]
+    assert int8.report.fully_integer and int8.unrolled == []
+    both_ways = model.get_layer("both_ways")
+    names = [both_ways.forward_layer.name, both_ways.backward_layer.name, "last"]
+    assert any(f"LSTM layers ({', '.join(names)})" in note and "fuses" in note for note in int8.notes)
+    assert int8.bytes < results["fp32"].bytes
+    assert int8.verification.keras_accuracy > 0.5
+    assert int8.verification.agreement >= 0.9
+    # fp32 converts the model as Keras 3 computes it: its step loop.
+    assert "WHILE" in ops["fp32"] and results["fp32"].verification.agreement >= 0.99
+    # A masked LSTM keeps Keras 3's loop (tf_keras's own LSTM keeps its loop when masked too).
+    masked = keras3.Sequential([keras3.Input((24,), dtype="int32"), layers.Embedding(17, 8, mask_zero=True),
+                                layers.LSTM(8), layers.Dense(10)])
+    assert fusable_lstms(masked) == [] and [layer.name for layer in fusable_lstms(model)] == names

@@ -19,6 +19,7 @@ from tflite_export.errors import ConversionError, EdgeTPUCompatibilityError, Rep
 from tflite_export.flatbuffer import FLOAT_TYPES, parse_flatbuffer
 from tflite_export.float_twin import float_twin
 from tflite_export.inspection import gzip_size, report_from_bytes, runs_on_litert
+from tflite_export.keras3_lowering import lowered_for_integer
 from tflite_export.metadata import embed_metadata
 from tflite_export.names import drop_tensor_names
 from tflite_export.representative import as_converter_dataset, collect_samples
@@ -535,7 +536,9 @@ def _has_loop(content):
 def _fuses(layer):
     # tf_keras's LSTM with its default activations (the layers that could use cuDNN) becomes
     # TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM, which calibrates; every other recurrent layer
-    # becomes a WHILE loop.
+    # becomes a WHILE loop. So does a Keras 3 LSTM lowered to tf_keras's function (keras3_lowering).
+    if getattr(layer, "fuses_in_tflite", False):
+        return True
     return type(layer).__name__ == "LSTM" and bool(getattr(layer, "_could_use_gpu_kernel", False))
 
 
@@ -783,6 +786,10 @@ def _export(model, path, precision, representative_data, validation_data, *, max
 
     if qat and precision in ("int8", "edgetpu") and representative_data is None:
         model = _fake_quant_started(model, notes)
+    converts_as_cached = True  # False: a lowered copy, whose graph is not the model's cached FP32 file's
+    if _is_keras3(model):
+        lowered = lowered_for_integer(model, precision, notes)
+        converts_as_cached, model = lowered is model, lowered
     samples = None
     if precision in _CALIBRATED:
         if representative_data is None and not (qat and precision != "int16x8"):
@@ -801,7 +808,7 @@ def _export(model, path, precision, representative_data, validation_data, *, max
     if samples is not None and recurrent_layers(model):
         digest = _weights_digest(original)
         # A QAT model's reference is its float twin's, not the probe of the QAT graph.
-        known = None if qat else _cached_reference(original, digest)
+        known = None if qat or not converts_as_cached else _cached_reference(original, digest)
         model, unrolled, probe = _calibratable(model, notes, probe=known and known[0])
         if not qat:  # the probe is this model's FP32 file: the latency reference
             _REFERENCES[original] = (digest, probe, [])
