@@ -1,7 +1,7 @@
 """The coverage matrix: every compression and export on the models users bring.
 
     python benchmarks/bench_zoo.py [--models MobileNetV2,KeywordNet] [--columns prune,int8]
-                                   [--pretrain_steps 300] [--steps 40] [--merge]
+                                   [--pretrain_steps 300] [--steps 40] [--merge] [--keras3]
     python benchmarks/bench_zoo.py --export_timing      # prune + QAT MobileNetV2 int8 export, timed
     python benchmarks/bench_zoo.py --table              # the matrix of every cell in zoo.json
 
@@ -20,7 +20,9 @@ fully integer, Keras and LiteRT test accuracy, LiteRT top-1 agreement and logit
 cosine against Keras, Edge TPU ops predicted on the TPU, seconds) or the error it
 raised. Prints a markdown table and writes benchmarks/results/zoo.json after every
 cell; `--merge` keeps the cells of other rows and columns already in that file.
-The cells are the same functions tests/test_zoo.py asserts.
+The cells are the same functions tests/test_zoo.py asserts. `--keras3` builds every
+row from `import keras` (Keras 3: keras.applications and Keras 3 layers) instead of
+tf_keras and writes benchmarks/results/zoo_keras3.json.
 
 `--export_timing` times the issue's goal instead: `tflite_export.export` of the
 prune + QAT MobileNetV2 (alpha 0.35, 32x32) at int8 with 256 calibration inputs and
@@ -59,11 +61,18 @@ flags.DEFINE_integer("timing_runs", 3, "Timed exports with --export_timing (the 
 flags.DEFINE_list("merge_from", [], "Merge the cells of these zoo JSON files (runs written elsewhere) into the "
                   "output file, replacing the same (row, column), and run nothing.")
 flags.DEFINE_bool("table", False, "Print the matrix of every cell in the output file (docs/coverage.md's) and run nothing.")
+flags.DEFINE_bool("keras3", False, "Build the rows with Keras 3 (import keras) instead of tf_keras; the default "
+                  "output becomes benchmarks/results/zoo_keras3.json.")
 flags.DEFINE_bool("profile", False, "With --export_timing: cProfile one more export and print its top costs.")
 FLAGS = flags.FLAGS
 
 # Inputs when rows are pretrained: all 1,400 training digits, 200 of the 397 held back.
 PRETRAIN_TRAIN, PRETRAIN_TEST = 1400, 200
+
+
+def default_output():
+    """The matrix's JSON file: zoo.json for tf_keras rows, zoo_keras3.json for Keras 3 rows."""
+    return FLAGS.output or ("benchmarks/results/zoo_keras3.json" if FLAGS.keras3 else "benchmarks/results/zoo.json")
 
 
 def previous_cells(path):
@@ -126,10 +135,12 @@ def run_matrix():
     unknown = sorted(set(FLAGS.models) - set(zoo.MODELS)) + sorted(set(FLAGS.columns) - set(zoo.COLUMNS))
     if unknown:
         raise app.UsageError(f"unknown rows/columns {unknown}; rows: {list(zoo.MODELS)}, columns: {list(zoo.COLUMNS)}")
-    output = FLAGS.output or "benchmarks/results/zoo.json"
+    output = default_output()
+    generation = zoo.KERAS3 if FLAGS.keras3 else zoo.TF_KERAS
     zoo.TRAIN_STEPS = FLAGS.steps
     previous = previous_cells(output) if FLAGS.merge else []
-    settings = {"steps": FLAGS.steps, "pretrain_steps": FLAGS.pretrain_steps, "date": time.strftime("%Y-%m-%d")}
+    settings = {"steps": FLAGS.steps, "pretrain_steps": FLAGS.pretrain_steps, "date": time.strftime("%Y-%m-%d"),
+                "generation": generation}
     cells, records, float_accuracy = [], [], {}
     total = len(FLAGS.models) * len(FLAGS.columns)
     for name in FLAGS.models:
@@ -137,12 +148,12 @@ def run_matrix():
         if FLAGS.pretrain_steps:
             data = zoo.data_for(name, PRETRAIN_TRAIN, PRETRAIN_TEST)
             start = time.perf_counter()
-            weights, float_accuracy[name] = zoo.pretrain(name, FLAGS.pretrain_steps, data)
+            weights, float_accuracy[name] = zoo.pretrain(name, FLAGS.pretrain_steps, data, generation)
             print(f"{name}: float model trained {FLAGS.pretrain_steps} steps, test accuracy "
                   f"{float_accuracy[name]:.3f} ({time.perf_counter() - start:.1f} s)", flush=True)
         for column in FLAGS.columns:
-            model = zoo.trained_copy(name, weights) if weights is not None else None
-            cell = zoo.run_cell(name, column, model=model, data=data)
+            model = zoo.trained_copy(name, weights, generation) if weights is not None else None
+            cell = zoo.run_cell(name, column, model=model, data=data, generation=generation)
             cell.float_accuracy = float_accuracy.get(name)
             cells.append(cell)
             records.append({**vars(cell), **settings})
@@ -224,9 +235,9 @@ def run_export_timing():
 def main(argv):
     del argv
     if FLAGS.merge_from:
-        merge_files(FLAGS.merge_from, FLAGS.output or "benchmarks/results/zoo.json")
+        merge_files(FLAGS.merge_from, default_output())
     elif FLAGS.table:
-        print_table(previous_cells(FLAGS.output or "benchmarks/results/zoo.json"))
+        print_table(previous_cells(default_output()))
     elif FLAGS.export_timing:
         run_export_timing()
     else:

@@ -8,6 +8,10 @@ and trained on shipped or synthetic data:
 * keyword spotting: synthetic (49 frames x 10 features) signals, one tone pattern per class;
 * text: synthetic token sequences whose class is the token band they draw from.
 
+Every row builds in either Keras: `build(name, generation="keras3")` gives the
+same layers from `import keras` (Keras 3) instead of tf_keras, and the cells
+run on whichever Keras their model belongs to.
+
 A cell either works, with its figures, or raises one error; `run_cell` returns
 which, so a test can assert both kinds of cell.
 """
@@ -20,7 +24,7 @@ import time
 import numpy as np
 
 import tfcompress as tfc
-from tfcompress._keras import keras
+from tfcompress._keras import KERAS3, TF_KERAS, is_keras3_object, keras, keras3
 from tfcompress.demo import load_digits
 
 CLASSES = 10
@@ -30,6 +34,8 @@ SEQUENCE = 24
 # Training steps (batches of 32) each cell gives its model; benchmarks/bench_zoo.py --steps raises it,
 # since a few steps leave an applications net answering near-constant logits.
 TRAIN_STEPS = 4
+
+GENERATIONS = (TF_KERAS, KERAS3)
 
 COLUMNS = (
     "prune", "quantize", "prune+quantize", "cluster", "distill",
@@ -78,7 +84,18 @@ def tokens(n_train=256, n_test=64, seed=0):
 # ---- models --------------------------------------------------------------------------------------
 
 
-def _applications(name):
+def keras_of(generation):
+    """The Keras module of a generation: tf_keras for `"tf_keras"`, Keras 3 for `"keras3"`."""
+    if generation not in GENERATIONS:
+        raise ValueError(f"generation must be one of {GENERATIONS}; got {generation!r}")
+    return keras3 if generation == KERAS3 else keras
+
+
+def _keras_of_model(model):
+    return keras3 if is_keras3_object(model) else keras
+
+
+def _applications(keras, name):
     apps = keras.applications
     # Logits out (no softmax): the matrix compares logits between Keras and LiteRT.
     common = dict(input_shape=(32, 32, 3), weights=None, classes=CLASSES, classifier_activation=None)
@@ -99,7 +116,7 @@ def _applications(name):
     return model
 
 
-def keyword_net():
+def keyword_net(keras):
     """A DS-CNN-style keyword spotter: Conv1D, SeparableConv1D, BatchNorm, ReLU."""
     inputs = keras.Input((49, 10))
     x = keras.layers.Conv1D(32, 5, padding="same", use_bias=False, name="c1")(inputs)
@@ -114,7 +131,7 @@ def keyword_net():
     return keras.Model(inputs, outputs, name="keyword_net")
 
 
-def text_rnn(cell):
+def text_rnn(keras, cell):
     """Embedding + LSTM/GRU text classifier on int32 tokens."""
     inputs = keras.Input((SEQUENCE,), dtype="int32")
     x = keras.layers.Embedding(VOCABULARY, 16, name="embedding")(inputs)
@@ -123,7 +140,7 @@ def text_rnn(cell):
     return keras.Model(inputs, outputs, name=f"text_{cell.__name__.lower()}")
 
 
-def transformer_block():
+def transformer_block(keras):
     """A one-block Transformer encoder: MultiHeadAttention, LayerNormalization, GELU."""
     inputs = keras.Input((SEQUENCE,), dtype="int32")
     x = keras.layers.Embedding(VOCABULARY, 32, name="embedding")(inputs)
@@ -141,16 +158,17 @@ APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "Efficien
 MODELS = APPLICATIONS + ("KeywordNet", "TextLSTM", "TextGRU", "Transformer")
 
 
-def build(name, seed=0):
-    """A fresh, untrained model by matrix row name."""
+def build(name, seed=0, generation=TF_KERAS):
+    """A fresh, untrained model by matrix row name, in tf_keras or Keras 3 (`generation`)."""
+    keras = keras_of(generation)
     keras.utils.set_random_seed(seed)
     if name in APPLICATIONS:
-        return _applications(name)
+        return _applications(keras, name)
     return {
-        "KeywordNet": keyword_net,
-        "TextLSTM": lambda: text_rnn(keras.layers.LSTM),
-        "TextGRU": lambda: text_rnn(keras.layers.GRU),
-        "Transformer": transformer_block,
+        "KeywordNet": lambda: keyword_net(keras),
+        "TextLSTM": lambda: text_rnn(keras, keras.layers.LSTM),
+        "TextGRU": lambda: text_rnn(keras, keras.layers.GRU),
+        "Transformer": lambda: transformer_block(keras),
     }[name]()
 
 
@@ -177,13 +195,14 @@ def accuracy(model, data):
     return float(np.mean(model.predict(data[2], verbose=0).argmax(1) == data[3]))
 
 
-def pretrain(name, steps, data):
+def pretrain(name, steps, data, generation=TF_KERAS):
     """Trains the row's float model once for `steps` batches of 32.
 
     Arguments:
         name: matrix row.
         steps: training steps; several epochs when they outnumber one pass over `data`.
         data: `(x_train, y_train, x_test, y_test)`.
+        generation: `"tf_keras"` or `"keras3"`.
 
     Returns:
         `(weights, test_accuracy)`: the trained weights for `trained_copy`, and the accuracy
@@ -192,13 +211,13 @@ def pretrain(name, steps, data):
     Example:
         weights, float_accuracy = pretrain("MobileNetV2", 300, data_for("MobileNetV2", 1400, 200))
     """
-    model = _fit(build(name), data, steps=steps, compressed=False)
+    model = _fit(build(name, generation=generation), data, steps=steps, compressed=False)
     return model.get_weights(), accuracy(model, data)
 
 
-def trained_copy(name, weights):
+def trained_copy(name, weights, generation=TF_KERAS):
     """A fresh model of the row holding `pretrain`'s weights: each cell compresses its own copy."""
-    model = build(name)
+    model = build(name, generation=generation)
     model.set_weights(weights)
     return model
 
@@ -215,6 +234,7 @@ class Cell:
     works: bool
     figures: dict
     error: str = ""
+    generation: str = TF_KERAS
     seconds: float = 0.0
     # Test accuracy of the float model a cell started from (None: fresh, trained in the cell).
     float_accuracy: float = None
@@ -233,6 +253,7 @@ def _fmt(value):
 
 
 def _compile(model):
+    keras = _keras_of_model(model)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -253,19 +274,32 @@ def _fit(model, data, epochs=1, batch_size=32, steps=None, compressed=True):
 
 
 def _pruned_kernel_sparsity(model):
-    from tfcompress.pruning.wrapper import find_pruning_wrappers
+    """The share of zeros over every pruned kernel (tfmot's wrappers, or Keras 3's masked kernels)."""
+    if is_keras3_object(model):
+        from tfcompress.pruning.constraints import pruned_kernels
 
-    arrays = [(w.pruning_vars[0][0] * w.pruning_vars[0][1]).numpy() for w in find_pruning_wrappers(model)]
+        arrays = [keras3.ops.convert_to_numpy(k.variable) for k in pruned_kernels(model)]
+    else:
+        from tfcompress.pruning.wrapper import find_pruning_wrappers
+
+        arrays = [(w.pruning_vars[0][0] * w.pruning_vars[0][1]).numpy() for w in find_pruning_wrappers(model)]
     return float(sum((a == 0).sum() for a in arrays) / sum(a.size for a in arrays))
 
 
 def _max_values_per_kernel(model):
-    """The most distinct values in one kernel that a clustering wrapper shares, after `tfc.strip`."""
+    """The most distinct values in one clustered kernel (a wrapper's, or Keras 3's), after `tfc.strip`."""
+    stripped = tfc.strip(model)
+    if is_keras3_object(model):
+        from tfcompress.clustering.constraints import ClusterCentroids
+        from tfcompress.pruning.constraints import compression_constraints
+
+        clustered = {v.path for _, v, c in compression_constraints(model) if isinstance(c, ClusterCentroids)}
+        counts = [np.unique(keras3.ops.convert_to_numpy(w)).size for w in stripped.weights if w.path in clustered]
+        return max(counts)
     from tfcompress._keras import weight_name
     from tfcompress.clustering.wrapper import find_cluster_wrappers
 
     clustered = {w.layer.name: set(w.original_clusterable_weights) for w in find_cluster_wrappers(model)}
-    stripped = tfc.strip(model)
     counts = [
         np.unique(w.numpy()).size
         for layer in stripped.layers if layer.name in clustered
@@ -303,8 +337,11 @@ def export_figures(model, precision, data, directory):
     return figures
 
 
-def run_cell(name, column, model=None, data=None, directory=None):
+def run_cell(name, column, model=None, data=None, directory=None, generation=TF_KERAS):
     """Runs one cell of the matrix on a fresh (or given, trained) model; never raises.
+
+    `generation` ("tf_keras" or "keras3") is the Keras a fresh model is built in;
+    a given model runs in its own.
 
     Returns:
         A `Cell`.
@@ -313,11 +350,12 @@ def run_cell(name, column, model=None, data=None, directory=None):
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            figures = _run(name, column, model, data, directory or scratch)
-        return Cell(name, column, True, figures, seconds=time.perf_counter() - start)
+            figures = _run(name, column, model, data, directory or scratch, generation)
+        return Cell(name, column, True, figures, seconds=time.perf_counter() - start, generation=generation)
     except Exception as error:  # a cell reports its error; the test asserts it is the clear one
         message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        return Cell(name, column, False, {}, error=message, seconds=time.perf_counter() - start)
+        return Cell(name, column, False, {}, error=message, seconds=time.perf_counter() - start,
+                    generation=generation)
 
 
 def prune_and_quantize(model, data, steps):
@@ -329,9 +367,11 @@ def prune_and_quantize(model, data, steps):
     return _fit(tfc.quantize(tfc.prune(model, final_sparsity=0.5, end=0.5), start=0.5), data, steps=steps)
 
 
-def _run(name, column, model, data, directory):
+def _run(name, column, model, data, directory, generation):
     fresh = model is None
-    model = build(name) if fresh else model
+    model = build(name, generation=generation) if fresh else model
+    generation = KERAS3 if is_keras3_object(model) else TF_KERAS
+    keras = keras_of(generation)
     if column == "prune":
         pruned = _fit(tfc.prune(model, final_sparsity=0.5, end=0.5), data, steps=TRAIN_STEPS)
         return {"sparsity": _pruned_kernel_sparsity(pruned)}
@@ -347,8 +387,8 @@ def _run(name, column, model, data, directory):
         clustered = _fit(tfc.cluster(model, 16), data, steps=TRAIN_STEPS)
         return {"clusters": _max_values_per_kernel(clustered)}
     if column == "distill":
-        teacher = model if not fresh else _fit(build(name, seed=1), data, steps=TRAIN_STEPS)
-        student = build(name, seed=2)
+        teacher = model if not fresh else _fit(build(name, seed=1, generation=generation), data, steps=TRAIN_STEPS)
+        student = build(name, seed=2, generation=generation)
         distiller = tfc.Distiller(teacher=teacher, student=student, temperature=4.0)
         distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           metrics=["accuracy"])
