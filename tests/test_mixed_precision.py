@@ -225,6 +225,8 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
         inputs = keras3.Input((8, 8, 1))
         h = keras3.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
         h = keras3.layers.ReLU(name="relu")(keras3.layers.BatchNormalization(name="bn")(h))
+        # A standalone BatchNorm (after the ReLU) becomes a QuantBatchNormalization, whose ranges are float32.
+        h = keras3.layers.BatchNormalization(name="bn_after")(h)
         h = keras3.layers.Flatten(name="flatten")(h)
         model = keras3.Model(inputs, keras3.layers.Dense(10, dtype="float32", name="logits")(h))
         qat = tfc.quantize(tfc.prune(model, final_sparsity=0.5), start=0.3)
@@ -242,6 +244,33 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
     assert result.float32_copy and result.report.fully_integer
     assert abs(result.verification.tflite_accuracy - accuracy) <= 0.01
     assert qat.get_layer("conv").compute_dtype == "float16"  # the user's model is untouched
+
+
+def test_keras3_quantization_phases_count_steps_past_float16s_precision(digits):
+    # float16 holds integers exactly only up to 2,048: the phase step must not be read in float16.
+    import keras as keras3
+
+    x, y, _, _ = digits
+    reason = unsupported_reason("mixed_float16")
+    if reason:
+        pytest.skip(reason)
+    keras3.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras3.utils.set_random_seed(0)
+        model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(),
+                                   keras3.layers.Dense(16, activation="relu", name="hidden"),
+                                   keras3.layers.Dense(10, dtype="float32", name="logits")])
+        qat = tfc.quantize(model, start=2101)
+    finally:
+        keras3.mixed_precision.set_global_policy("float32")
+    qat.compile(keras3.optimizers.Adam(1e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.optimizer.iterations.assign(2099)  # a fit resumed late in its schedule
+    history = qat.fit(x[:192], y[:192], epochs=1, batch_size=64, verbose=0,
+                      callbacks=[tfc.CompressionCallback(verbose=0)])
+    hidden = qat.get_layer("hidden")
+    assert hidden.compute_dtype == "float16"
+    assert float(keras3.ops.convert_to_numpy(hidden.qat_step)) == 2099 + 3
+    assert history.history["qat_phase"] == [1.0]
 
 
 # ---- tfc.Distiller ----

@@ -74,8 +74,9 @@ class QuantizationPhases(Scheduled):
 
     def _build_phases(self):
         def scalar(name, value):
+            # Never autocast: under a mixed policy a float16 step stops counting at 2,048.
             return self.add_weight(
-                name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False
+                name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False, autocast=False
             )
 
         self.qat_step = scalar("qat_step", 0.0)
@@ -132,17 +133,21 @@ class ActivationRange:
     """A learned `[min, max]` range for one tensor, owned by `layer` (variables named `prefix_min/max`)."""
 
     def __init__(self, layer, prefix):
-        self.min = layer.add_weight(name=f"{prefix}_min", shape=(), initializer="zeros", trainable=False)
-        self.max = layer.add_weight(name=f"{prefix}_max", shape=(), initializer="zeros", trainable=False)
-        self.seen = layer.add_weight(name=f"{prefix}_seen", shape=(), initializer="zeros", trainable=False)
+        # float32 under a mixed policy too (not autocast): the range of a float16 tensor, kept exactly.
+        def scalar(name):
+            return layer.add_weight(name=f"{prefix}_{name}", shape=(), initializer="zeros", trainable=False,
+                                    autocast=False)
+
+        self.min, self.max, self.seen = scalar("min"), scalar("max"), scalar("seen")
 
     def __call__(self, x, on, frozen, training):
         """`x` fake-quantized from `on`; in training the range follows the batch until `frozen`."""
         if training:
             # JAX's ops take arrays, not variables: read each once.
             low, high = ops.convert_to_tensor(self.min), ops.convert_to_tensor(self.max)
-            batch_min = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
-            batch_max = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
+            observed = ops.stop_gradient(x)
+            batch_min = ops.minimum(ops.cast(ops.min(observed), "float32"), 0.0)
+            batch_max = ops.maximum(ops.cast(ops.max(observed), "float32"), 0.0)
             seen = ops.greater(ops.convert_to_tensor(self.seen), 0.0)
             new_min = ops.where(seen, low * RANGE_DECAY + batch_min * (1 - RANGE_DECAY), batch_min)
             new_max = ops.where(seen, high * RANGE_DECAY + batch_max * (1 - RANGE_DECAY), batch_max)
