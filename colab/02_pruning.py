@@ -16,13 +16,12 @@
 # %% [markdown]
 # # Pruning with tfcompress: schedules, 2:4 sparsity, per-layer targets
 #
-# `tfc.prune` wraps kernels with tfmot's magnitude-pruning layers and lays the schedule over the fit
-# that trains them. This notebook plots how sparsity grows, makes 2:4 structured sparsity, and
-# gives layers their own targets.
+# `tfc.prune` puts a magnitude-pruning mask on each kernel (a kernel constraint: the model keeps its
+# own layers) and lays the schedule over the fit that trains them. This notebook plots how sparsity
+# grows, makes 2:4 structured sparsity, and gives layers their own targets.
 #
-# **Why `tf_keras`:** tfcompress is built on the TensorFlow Model Optimization toolkit (tfmot),
-# which wraps only Keras 2 models, and Colab's `import keras` is Keras 3, so every model here is
-# built with `import tf_keras as keras` (Keras 2, installed with tfcompress).
+# Models are built with `import keras` (Keras 3, what TensorFlow 2.16+ gives). The same code runs on
+# tf_keras models (`import tf_keras as keras`), where tfcompress's pruning uses tfmot's wrappers.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -55,7 +54,7 @@ print("fast mode" if FAST else "full mode")
 # %%
 import matplotlib.pyplot as plt
 import tensorflow as tf
-import tf_keras as keras  # Keras 2: the generation tfmot works with
+import keras
 
 import tfcompress as tfc
 
@@ -113,10 +112,10 @@ def copy_of_dense():
 # %% [markdown]
 # ## Schedules, plotted
 #
-# `begin` and `end` are fractions of the fit. The polynomial schedule (tfmot's `PolynomialDecay`,
-# power 3) prunes fast early and gently near the end; `"constant"` jumps to the target at `begin`.
-# tfcompress reports the model's current `sparsity` as a metric, so `History` holds it per epoch;
-# a one-line callback records it per step.
+# `begin` and `end` are fractions of the fit. The polynomial schedule (the curve of tfmot's
+# `PolynomialDecay`, power 3) prunes fast early and gently near the end; `"constant"` jumps to the
+# target at `begin`. tfcompress reports the model's current `sparsity` as a metric, so `History`
+# holds it per epoch; a one-line callback records it per step.
 
 # %%
 def prune_and_record(**kwargs):
@@ -158,10 +157,13 @@ for label, (_, history, _, accuracy) in runs.items():
 # ## 2:4 structured sparsity
 #
 # `m_by_n=(2, 4)` zeroes 2 weights in every 4 consecutive input weights (the pattern sparse tensor
-# cores and some NPUs accelerate). We check the pattern on the stripped kernels.
+# cores and some NPUs accelerate). `conv1` reads one input channel, so it has no groups of 4:
+# `layers=` leaves it out (on a Keras 3 model `tfc.prune` refuses it with an error naming it). We
+# check the pattern on the stripped kernels.
 
 # %%
-model = compile_model(tfc.prune(copy_of_dense(), m_by_n=(2, 4)), learning_rate=1e-3)
+model = compile_model(tfc.prune(copy_of_dense(), m_by_n=(2, 4), layers=["conv2", "dense", "logits"]),
+                      learning_rate=1e-3)
 model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
 two_four = compile_model(tfc.strip(model))
 print(f"2:4 model: test accuracy {two_four.evaluate(x_test, y_test, verbose=0)[1]:.3f}")
