@@ -20,9 +20,8 @@
 # normalization), look inside the file, and run it with the LiteRT interpreter the way an app does:
 # raw pixels in, normalized and quantized by the caller, a label out.
 #
-# **Why `tf_keras`:** tfcompress is built on the TensorFlow Model Optimization toolkit (tfmot),
-# which wraps only Keras 2 models, and Colab's `import keras` is Keras 3, so every model here is
-# built with `import tf_keras as keras` (Keras 2, installed with tfcompress).
+# Models are built with `import keras` (Keras 3, what TensorFlow 2.16+ gives). The same code runs on
+# tf_keras models (`import tf_keras as keras`), where tfcompress uses tfmot's wrappers.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -55,7 +54,7 @@ print("fast mode" if FAST else "full mode")
 # %%
 import matplotlib.pyplot as plt
 import tensorflow as tf
-import tf_keras as keras  # Keras 2: the generation tfmot works with
+import keras  # Keras 3
 
 import tfcompress as tfc
 import tflite_export as tfe
@@ -138,8 +137,9 @@ print("input:", metadata["inputs"][0])
 #
 # An app loads the file, reads normalization and labels from the metadata, normalizes the raw
 # input, quantizes it with the input tensor's scale and zero point, invokes, and dequantizes the
-# output. In Kotlin that is `Interpreter(file).run(input, output)`; here it is the same LiteRT
-# runtime in Python.
+# output. Those two steps apply only to integer input and output: this file keeps float32 ones
+# (`io_dtype`'s default) and quantizes inside, so its scales print as 0. In Kotlin that is
+# `Interpreter(file).run(input, output)`; here it is the same LiteRT runtime in Python.
 
 # %%
 import zipfile
