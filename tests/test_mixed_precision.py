@@ -228,7 +228,9 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
         # A standalone BatchNorm (after the ReLU) becomes a QuantBatchNormalization, whose ranges are float32.
         h = keras3.layers.BatchNormalization(name="bn_after")(h)
         h = keras3.layers.Flatten(name="flatten")(h)
-        model = keras3.Model(inputs, keras3.layers.Dense(10, dtype="float32", name="logits")(h))
+        # Logits in float16, then float32 (Keras's advice): the output quantizer keeps float32.
+        h = keras3.layers.Dense(10, name="logits")(h)
+        model = keras3.Model(inputs, keras3.layers.Activation("linear", dtype="float32", name="float32_logits")(h))
         qat = tfc.quantize(tfc.prune(model, final_sparsity=0.5), start=0.3)
     finally:
         keras3.mixed_precision.set_global_policy("float32")
@@ -236,6 +238,7 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
                 metrics=["accuracy"])
     qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
     assert qat.get_layer("conv").compute_dtype == "float16"
+    assert keras3.backend.standardize_dtype(qat(x_test[:2]).dtype) == "float32"
     accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
     assert accuracy > 0.9
     result = tflite_export.export(qat, tmp_path / "qat.tflite", precision="int8",

@@ -340,15 +340,18 @@ def _rewrite(model, functional, plan, start, freeze):
     """
     replacements, pairs = {}, []
 
-    def quantizer(name):
-        return ActivationQuantizer(start=start, freeze=freeze, name=name)
+    def quantizer(name, layer=None):
+        # It computes in the dtype of the layer whose output it quantizes: a float32 output stays
+        # float32 under a mixed policy (the global policy otherwise).
+        dtype = getattr(layer, "dtype_policy", None)
+        return ActivationQuantizer(start=start, freeze=freeze, name=name, dtype=dtype)
 
     def op(cls, name):
         # Named after the layer it replaces: an automatic name ("add") can clash with one of the model's.
         return cls(name=name)
 
-    def ranged(inner, name):
-        output = quantizer(f"{name}_quant")
+    def ranged(inner, layer):
+        output = quantizer(f"{layer.name}_quant", layer)
 
         def call(*args, **kwargs):
             return output(inner(*args, **kwargs))
@@ -358,11 +361,11 @@ def _rewrite(model, functional, plan, start, freeze):
     def affine(layer):
         # TFLite has no int8 op for x * scale + offset: a MUL and an ADD, each with the range of its output.
         scale, offset = _affine(layer)
-        shifted = quantizer(f"{layer.name}_quant")
+        shifted = quantizer(f"{layer.name}_quant", layer)
         multiply = op(keras.src.ops.numpy.Multiply, f"{layer.name}_multiply")
         if not np.any(offset):
             return lambda inputs, **kwargs: shifted(multiply(inputs, scale))
-        scaled, add = quantizer(f"{layer.name}_scale_quant"), op(keras.src.ops.numpy.Add, f"{layer.name}_add")
+        scaled, add = quantizer(f"{layer.name}_scale_quant", layer), op(keras.src.ops.numpy.Add, f"{layer.name}_add")
         return lambda inputs, **kwargs: shifted(add(scaled(multiply(inputs, scale)), offset))
 
     def batch_norm(layer):
@@ -375,9 +378,10 @@ def _rewrite(model, functional, plan, start, freeze):
         pairs.append((layer, new, None))
         return new
 
-    def hard_sigmoid(name):
+    def hard_sigmoid(layer):
         # Keras 3's hard_sigmoid is relu6(x + 3) / 6: the converter fuses the RELU6 into the ADD.
-        shifted, output = quantizer(f"{name}_relu6_quant"), quantizer(f"{name}_quant")
+        name = layer.name
+        shifted, output = quantizer(f"{name}_relu6_quant", layer), quantizer(f"{name}_quant", layer)
         add = op(keras.src.ops.numpy.Add, f"{name}_add")
         relu6 = op(keras.src.ops.nn.Relu6, f"{name}_relu6")
         multiply = op(keras.src.ops.numpy.Multiply, f"{name}_multiply")
@@ -420,7 +424,7 @@ def _rewrite(model, functional, plan, start, freeze):
             pairs.append((layer, new, norm))
         if not hard:
             return new
-        activation = hard_sigmoid(layer.name)
+        activation = hard_sigmoid(layer)
         return lambda inputs, **kwargs: activation(new(inputs))
 
     def replace(layer):
@@ -432,7 +436,7 @@ def _rewrite(model, functional, plan, start, freeze):
         elif kind == "affine":
             new = batch_norm(layer) if type(layer) is keras.layers.BatchNormalization else affine(layer)
         elif kind == "hard_sigmoid":
-            new = hard_sigmoid(layer.name)
+            new = hard_sigmoid(layer)
         elif kind == "kernel":
             new = kernel(layer)
         else:
@@ -440,7 +444,7 @@ def _rewrite(model, functional, plan, start, freeze):
             if isinstance(layer, keras.layers.Layer):  # tensor arithmetic (`x + 3.0`) has no weights
                 pairs.append((layer, new, None))
             if kind == "ranged" and not (type(layer) is keras.layers.Add and plan.fused_relu_after(layer)):
-                new = ranged(new, layer.name)
+                new = ranged(new, layer)
         replacements[id(layer)] = new
         return new
 
