@@ -21,9 +21,8 @@
 # phases, latency per precision on LiteRT, and an Edge TPU export with tflite_export's offline
 # mapping report.
 #
-# **Why `tf_keras`:** tfcompress is built on the TensorFlow Model Optimization toolkit (tfmot),
-# which wraps only Keras 2 models, and Colab's `import keras` is Keras 3, so every model here is
-# built with `import tf_keras as keras` (Keras 2, installed with tfcompress).
+# Models are built with `import keras` (Keras 3, what TensorFlow 2.16+ gives). The same code runs on
+# tf_keras models (`import tf_keras as keras`), where tfcompress uses tfmot's wrappers.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -56,7 +55,7 @@ print("fast mode" if FAST else "full mode")
 # %%
 import matplotlib.pyplot as plt
 import tensorflow as tf
-import tf_keras as keras  # Keras 2: the generation tfmot works with
+import keras
 
 import tfcompress as tfc
 import tflite_export as tfe
@@ -195,11 +194,12 @@ for op in report.ops:
 # ## Mixed-precision training, then INT8
 #
 # GPU and TPU users train under a mixed policy: float32 variables, float16 (or bfloat16) compute.
-# Keep the model's output in float32, as tf_keras advises. `tfc.quantize` runs QAT on a float32
-# copy of such a model (tfmot's fake quant is float32-only), so the QAT model and its INT8 file are
-# float32 inside. Exported directly, a mixed-policy model is converted from a float32 copy as well
-# (TFLite wants a float32 graph), and `result.float32_copy` says so. The policy is global: set it
-# back when done.
+# Keep the model's output in float32, as Keras advises. `tfc.quantize` keeps the model's policy: its
+# quantization-aware layers (`QuantConv2D` with the BatchNorm after it folded in, `QuantDense`, the
+# activation quantizers) compute in float16 with float32 variables (kernels, ranges, step counts),
+# so QAT trains under the policy, with loss scaling. TFLite wants a float32 graph: `export` converts
+# a float32 copy (same weights, same learned ranges), checks it against the float16 model, and
+# `result.float32_copy` says so. The policy is global: set it back when done.
 
 # %%
 keras.mixed_precision.set_global_policy("mixed_float16")
@@ -219,6 +219,9 @@ try:
                   callbacks=[tfc.CompressionCallback()])
     mixed_int8 = tfe.export(tfc.strip(mixed_qat), "mixed_qat_int8.tflite", precision="int8",
                             validation_data=(x_test, y_test), latency_runs=0)
+    qat_conv = mixed_qat.get_layer(mixed_model.layers[1].name)
+    print(f"QAT: {type(qat_conv).__name__} computes in {qat_conv.compute_dtype}, kernel {qat_conv.kernel.dtype}"
+          f" | optimizer: {type(mixed_qat.optimizer).__name__} | exported from a float32 copy: {mixed_int8.float32_copy}")
 finally:
     keras.mixed_precision.set_global_policy("float32")
 print(f"mixed_float16 training -> QAT INT8: Keras {mixed_model.evaluate(x_test, y_test, verbose=0)[1]:.3f}, "
