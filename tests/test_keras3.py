@@ -185,6 +185,17 @@ def test_cluster_keeps_16_values_per_kernel(data):
     assert [row.clusters for row in info.rows] == [16, 16, 16, 16]
 
 
+def test_a_pruned_kernel_counts_its_zero_among_its_clusters(data):
+    # As tfmot's sparsity-preserving clustering: 4 clusters are the zero and 3 shared values (2-bit indices).
+    x, y, _, _ = data
+    model = compiled(tfc.cluster(tfc.prune(mlp(), 0.5, end=0.5), clusters=4, begin=0.5, init="linear"))
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    for name, kernel in kernels(tfc.strip(model)).items():
+        values = kernel.numpy()
+        assert 0.0 in values and np.unique(values).size <= 4, name
+        assert np.mean(values == 0) >= 0.5, name  # the pruned zeros, and weights that came nearest zero
+
+
 def test_keras_file_saved_mid_schedule_resumes_on_the_same_course(data, tmp_path):
     x, y, _, _ = data
     callback = lambda: tfc.CompressionCallback(verbose=0)  # noqa: E731

@@ -50,6 +50,11 @@ INITIALIZATIONS = {
 class ClusterCentroids(CompressionConstraint):
     """Keeps a Keras 3 kernel on `clusters` shared values from `begin` on.
 
+    A kernel whose zeros stay zeros (pruned, or `preserve_sparsity`) counts the
+    zero as one of its `clusters`, as tfmot's sparsity-preserving clustering
+    does: its first centroid is held at zero, so the kernel holds at most
+    `clusters` distinct values, zero included (4-bit indices for 16).
+
     Users get it from `tfc.cluster`, not by hand.
 
     Arguments:
@@ -96,6 +101,8 @@ class ClusterCentroids(CompressionConstraint):
         sums = ops.segment_sum(flat * members, nearest, num_segments=self.clusters)
         counts = ops.segment_sum(members, nearest, num_segments=self.clusters)
         moved = ops.where(counts > 0, sums / ops.maximum(counts, 1.0), centroids)
+        if self.keep is not None:  # the zero centroid stays at zero: weights nearest it become zeros
+            moved = ops.concatenate([ops.zeros((1,), moved.dtype), moved[1:]])
         shared = ops.reshape(ops.take(moved, nearest) * members, ops.shape(w))
         on = ops.cast(self.on, w.dtype) > 0
         self.centroids.assign(ops.cast(ops.where(on, moved, centroids), self.centroids.dtype))
@@ -180,7 +187,14 @@ class ClusteredKernel(Scheduled):
         sync_keras3_state(self.model)
         constraint = self.constraint
         values = np.asarray(self.variable.numpy())
-        centroids = initial_centroids(values, constraint.clusters, constraint.init, constraint.preserve_sparsity)
+        if constraint.keep is not None:
+            # The zero is one of the clusters (held at zero): the others come from the nonzero weights.
+            nonzero = values[values != 0]
+            others = (initial_centroids(nonzero, constraint.clusters - 1, constraint.init, False) if nonzero.size
+                      else np.zeros(constraint.clusters - 1, "float32"))
+            centroids = np.concatenate([np.zeros(1, "float32"), others])
+        else:
+            centroids = initial_centroids(values, constraint.clusters, constraint.init, constraint.preserve_sparsity)
         nearest = np.abs(values[..., None] - centroids).argmin(axis=-1)
         shared = centroids[nearest].astype(values.dtype)
         if constraint.keep is not None:
