@@ -25,10 +25,14 @@
 # model = tfc.quantize(tfc.cluster(tfc.prune(model, 0.95, end=0.5), 16, begin=0.5), start=0.8)
 # ```
 #
-# prunes to 95% during the first half, clusters the surviving weights into 16 values (zero is one
-# of them, so the zeros stay) from the middle, and trains quantization-aware from 80% of the fit.
-# The stripped model exports to a full-INT8 `.tflite` whose kernels hold the zeros and at most 16
-# values, which gzip (what a download or an APK carries) shrinks far. Data: scikit-learn's digits.
+# prunes to 95% during the first half, clusters each kernel into 16 shared values from the middle
+# (zero is one of them, so the pruned zeros stay), and trains quantization-aware from 80% of the
+# fit. The stripped model exports to a full-INT8 `.tflite` whose kernels hold the zeros and at most
+# 15 other values, which gzip (what a download or an APK carries) shrinks far. Data: scikit-learn's
+# digits.
+#
+# Models are built with `import keras` (Keras 3, what TensorFlow 2.16+ gives). The same code runs on
+# tf_keras models (`import tf_keras as keras`), where tfcompress uses tfmot's wrappers.
 
 # %%
 # Setup. Outside Colab nothing is installed here: install tfcompress first (from a clone of its
@@ -62,7 +66,7 @@ print("fast mode" if FAST else "full mode")
 import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras  # Keras 2: the generation tfmot works with
+import keras
 from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_digits
 
@@ -144,13 +148,27 @@ except ValueError as error:
 # %% [markdown]
 # ## Strip, export, and look inside the INT8 file
 #
-# `tfc.strip` leaves tfmot's standard quantization layers around plain `Dense` layers; the export
-# turns them into a full-INT8 flatbuffer. The LiteRT interpreter reads its kernels back: each
-# holds the zeros and at most 16 distinct int8 values.
+# On a Keras 3 model there are no wrapper layers: `tfc.prune` and `tfc.cluster` put constraints on
+# the kernels of the model's own layers (each kernel's `ClusterCentroids` wraps its `PruningMask`),
+# which the optimizer applies inside every training step, and `tfc.quantize` replaced each `Dense`
+# with a `QuantDense` that carries the same kernel and its learned ranges. `tfc.strip` removes the
+# constraints and keeps the `QuantDense` layers; the export turns them into a full-INT8 flatbuffer
+# without calibration data.
+#
+# The zero is one of the 16 clusters, as in tfmot's sparsity-preserving clustering: one centroid is
+# held at zero (the pruning mask keeps the pruned weights there, and a weight that comes nearest
+# zero becomes one), so each kernel keeps its zeros and at most 15 other values (printed below):
+# 4-bit indices. The LiteRT interpreter then reads the kernels back from the file as int8: the same
+# zeros, and no more values (two close ones can round to one int8 value).
 
 # %%
 final = tfc.strip(model)
 tfc.summary(final)
+for layer in final.layers:
+    if hasattr(layer, "kernel"):  # the stripped kernel, and the constraint it was trained under
+        kernel, constraint = layer.kernel.numpy(), model.get_layer(layer.name).kernel.constraint
+        print(f"{layer.name} ({type(layer).__name__}, trained with {type(constraint).__name__}): "
+              f"{np.mean(kernel == 0):.1%} zeros and {np.unique(kernel[kernel != 0]).size} other values")
 int8 = tfe.export(final, "deep_compression_int8.tflite", precision="int8", validation_data=(x_test, y_test),
                   latency_runs=0)  # size and accuracy are the point here, not latency
 print(int8)
@@ -194,4 +212,5 @@ print(f"uniform 95%: {int8.report.gzip_bytes:,} B gzip, accuracy {int8.verificat
 
 # %% [markdown]
 # The same pipeline against each stage alone and against the three-fit path, on this MLP and on a
-# LeNet-5-style CNN, measured: `benchmarks/bench_deep_compression.py` and `docs/deep_compression.md`.
+# LeNet-5-style CNN, measured on tf_keras models: `benchmarks/bench_deep_compression.py` and
+# `docs/deep_compression.md`.
