@@ -198,3 +198,44 @@ def test_mixed_generations_name_the_fix(teacher):
         tfc.Distiller(teacher=teacher, student=mlp(width=64), distillation_losses=[
             FeatureDistillation(loss=tf_keras.losses.MeanSquaredError(), teacher_layer_name="hidden2")])
 
+
+
+def test_array_inputs_become_batches_as_keras_slices_them(data):
+    """The Distiller's own input pipeline for arrays: Keras's batches, cached teacher outputs kept aligned."""
+    from tfcompress.distillation import teacher_cache
+    from tfcompress.distillation.keras3 import array_batches
+
+    x = np.arange(70, dtype="float32").reshape(70, 1)
+    packed = teacher_cache.pack(x, {"final": 2 * x})
+    dataset = array_batches(packed, np.arange(70), {"batch_size": 32})
+    epochs = [[(inputs, targets.numpy()) for inputs, targets in dataset] for _ in range(2)]
+    orders = []
+    for batches in epochs:
+        assert [len(targets) for _, targets in batches] == [32, 32, 6]  # the last batch partial
+        order = np.concatenate([targets for _, targets in batches])
+        assert sorted(order) == list(range(70))  # every example once
+        for inputs, targets in batches:  # inputs, teacher outputs and targets gathered together
+            features, teacher = teacher_cache.unpack(inputs)
+            assert np.array_equal(features.numpy()[:, 0], targets)
+            assert np.array_equal(teacher["final"].numpy()[:, 0], 2 * targets)
+        orders.append(order)
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+    kept = array_batches(x, None, {"batch_size": 32, "shuffle": False})
+    assert np.array_equal(np.concatenate([batch.numpy() for batch in kept])[:, 0], np.arange(70))
+    # What only Keras's own slicing does is left to it.
+    for kwargs in ({"validation_split": 0.2}, {"sample_weight": np.ones(70)}, {"shuffle": "batch"},
+                   {"class_weight": {0: 1.0}}, {"steps_per_epoch": 2}):
+        assert array_batches(x, np.arange(70), kwargs) is None, kwargs
+    assert array_batches(x, np.arange(69), {}) is None  # Keras names the mismatch
+
+
+def test_fit_on_arrays_trains_through_the_pipeline_and_keeps_keras_options(data):
+    x, y, _, _ = data
+    teacher, student = compiled(mlp(seed=1, width=64)), mlp(seed=2, width=16)
+    teacher.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    distiller = tfc.Distiller(teacher=teacher, student=student, temperature=2.0)
+    distiller.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = distiller.fit(x, y, epochs=2, batch_size=100, verbose=0)
+    assert int(distiller.optimizer.iterations.numpy()) == 2 * 14  # 1,400 digits in batches of 100
+    history = distiller.fit(x, y, epochs=1, batch_size=100, validation_split=0.25, verbose=0)
+    assert "val_loss" in history.history  # Keras's own slicing, as asked
