@@ -181,10 +181,10 @@ print(f"student {filters}/{units}: logits {logits_only:.3f}, logits + dense feat
 # student alone costs. A `tf.data` pipeline may augment, so there the teacher runs on every batch
 # unless you build the dataset with `distiller.cache_teacher_outputs`. The largest student of the
 # sweep above used the cache; here the same student trains with the teacher on every batch. Times
-# are from this machine, for illustration. This teacher is small next to the cost of a step, and
-# each fit is 60 epochs of 5 steps, most of whose time is Keras 3's fixed cost per epoch, so here the
-# two fits take about the same time (16.0 s with the cache, 15.8 s without, in one full run); the
-# cache saves the teacher's forward pass on every batch, which counts when the teacher is large.
+# are from this machine, for illustration. This teacher is small next to the cost of a step, so
+# here the two fits take about the same time (2.7 and 3.2 s with the cache, 3.2 and 2.5 s without,
+# in two full runs); the cache saves the teacher's forward pass on every batch, which counts when the
+# teacher is large.
 
 # %%
 accuracy_cached, cached = distilled[-1], fit_seconds[-1]
