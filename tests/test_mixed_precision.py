@@ -3,6 +3,7 @@
 Every verb works under both policies: QAT and export run on a float32 copy with the same weights.
 """
 
+import contextlib
 import functools
 
 import numpy as np
@@ -47,6 +48,22 @@ def use_policy(policy):
     if reason:
         pytest.skip(reason)
     keras.mixed_precision.set_global_policy(policy)
+
+
+@contextlib.contextmanager
+def keras3_mixed_float16():
+    """Keras 3's own global policy at mixed_float16 for the block (skipped where the CPU cannot run it)."""
+    import keras as keras3
+
+    reason = unsupported_reason("mixed_float16")
+    if reason:
+        pytest.skip(reason)
+    keras3.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras3.utils.set_random_seed(0)
+        yield keras3
+    finally:
+        keras3.mixed_precision.set_global_policy("float32")
 
 
 def digits_cnn(seed=0, float32_logits=True):
@@ -213,15 +230,8 @@ def test_export_of_a_mixed_policy_model(policy, digits, tmp_path):
 
 def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_path):
     # Keras 3 (`import keras`) keeps a global policy of its own; its QAT layers follow it.
-    import keras as keras3
-
     x, y, x_test, y_test = digits
-    reason = unsupported_reason("mixed_float16")
-    if reason:
-        pytest.skip(reason)
-    keras3.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        keras3.utils.set_random_seed(0)
+    with keras3_mixed_float16() as keras3:
         inputs = keras3.Input((8, 8, 1))
         h = keras3.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
         h = keras3.layers.ReLU(name="relu")(keras3.layers.BatchNormalization(name="bn")(h))
@@ -232,8 +242,6 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
         h = keras3.layers.Dense(10, name="logits")(h)
         model = keras3.Model(inputs, keras3.layers.Activation("linear", dtype="float32", name="float32_logits")(h))
         qat = tfc.quantize(tfc.prune(model, final_sparsity=0.5), start=0.3)
-    finally:
-        keras3.mixed_precision.set_global_policy("float32")
     qat.compile(keras3.optimizers.Adam(3e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
     qat.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
@@ -251,21 +259,12 @@ def test_keras3_model_under_a_mixed_policy_trains_and_exports_int8(digits, tmp_p
 
 def test_keras3_quantization_phases_count_steps_past_float16s_precision(digits):
     # float16 holds integers exactly only up to 2,048: the phase step must not be read in float16.
-    import keras as keras3
-
     x, y, _, _ = digits
-    reason = unsupported_reason("mixed_float16")
-    if reason:
-        pytest.skip(reason)
-    keras3.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        keras3.utils.set_random_seed(0)
+    with keras3_mixed_float16() as keras3:
         model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Flatten(),
                                    keras3.layers.Dense(16, activation="relu", name="hidden"),
                                    keras3.layers.Dense(10, dtype="float32", name="logits")])
         qat = tfc.quantize(model, start=2101)
-    finally:
-        keras3.mixed_precision.set_global_policy("float32")
     qat.compile(keras3.optimizers.Adam(1e-3), keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
     qat.optimizer.iterations.assign(2099)  # a fit resumed late in its schedule
     history = qat.fit(x[:192], y[:192], epochs=1, batch_size=64, verbose=0,
