@@ -207,8 +207,12 @@ def test_array_inputs_become_batches_as_keras_slices_them(data):
 
     x = np.arange(70, dtype="float32").reshape(70, 1)
     packed = teacher_cache.pack(x, {"final": 2 * x})
-    dataset = array_batches(packed, np.arange(70), {"batch_size": 32})
-    epochs = [[(inputs, targets.numpy()) for inputs, targets in dataset] for _ in range(2)]
+    dataset, steps = array_batches(packed, np.arange(70), {"batch_size": 32})
+    assert steps == 3
+    # Keras 3 keeps one iterator for the whole fit (steps_per_epoch=steps): each pass of it is an epoch.
+    stream = iter(dataset)
+    epochs = [[(inputs, targets.numpy()) for inputs, targets in (next(stream) for _ in range(steps))]
+              for _ in range(2)]
     orders = []
     for batches in epochs:
         assert [len(targets) for _, targets in batches] == [32, 32, 6]  # the last batch partial
@@ -220,8 +224,9 @@ def test_array_inputs_become_batches_as_keras_slices_them(data):
             assert np.array_equal(teacher["final"].numpy()[:, 0], 2 * targets)
         orders.append(order)
     assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
-    kept = array_batches(x, None, {"batch_size": 32, "shuffle": False})
-    assert np.array_equal(np.concatenate([batch.numpy() for batch in kept])[:, 0], np.arange(70))
+    kept, steps = array_batches(x, None, {"batch_size": 32, "shuffle": False})
+    assert np.array_equal(np.concatenate([batch.numpy() for batch in kept.take(2 * steps)])[:, 0],
+                          np.tile(np.arange(70), 2))
     # What only Keras's own slicing does is left to it.
     for kwargs in ({"validation_split": 0.2}, {"sample_weight": np.ones(70)}, {"shuffle": "batch"},
                    {"class_weight": {0: 1.0}}, {"steps_per_epoch": 2}):

@@ -300,11 +300,13 @@ class Keras3Distiller(keras3.Model, DistillerSetup, Scheduled):
         verbose = kwargs.get("verbose", "auto") != 0
         x = self._with_teacher_outputs(x, verbose, kwargs.get("batch_size"))
         if not args:
-            dataset = array_batches(x, y, kwargs)
-            if dataset is not None:
+            pipeline = array_batches(x, y, kwargs)
+            if pipeline is not None:
+                dataset, steps = pipeline
                 # The pipeline batches and shuffles (Keras would warn that a dataset's shuffle is ignored).
-                kwargs = {key: value for key, value in kwargs.items() if key not in ("batch_size", "shuffle")}
-                return super().fit(dataset, None, shuffle=False, **kwargs)
+                kwargs = {key: value for key, value in kwargs.items()
+                          if key not in ("batch_size", "shuffle", "steps_per_epoch")}
+                return super().fit(dataset, None, shuffle=False, steps_per_epoch=steps, **kwargs)
         return super().fit(x, y, *args, **kwargs)
 
     def save(self, filepath, overwrite=True, **kwargs):
@@ -335,22 +337,28 @@ _ARRAY_ONLY = ("class_weight", "sample_weight", "steps_per_epoch")
 
 
 def array_batches(x, y, fit_kwargs):
-    """Array inputs as a `tf.data` pipeline of batches, reshuffled every epoch; None to leave them to Keras.
+    """Array inputs as a repeating `tf.data` pipeline of batches and its steps per epoch; None to leave them to Keras.
 
     Keras 3's array slicing builds a parallel input pipeline and starts two
-    iterators of it every epoch: 36-55 ms an epoch of a small model's fit on a
-    2-core CPU, against 18-19 ms with this pipeline (a shuffled range of
-    indices, batched, gathering each batch from the arrays), which Keras 3
-    iterates as any dataset (tf_keras's own slicing: 11 ms). The batches are what Keras would give: `batch_size` (32 by
-    default) in an order shuffled each epoch (`shuffle=True`, the default) or
-    kept (`shuffle=False`), the last one partial; inputs and cached teacher
-    outputs are gathered with the same indices. TensorFlow backend only;
-    anything else Keras's slicing handles (validation_split, sample or class
-    weights, steps_per_epoch, shuffle="batch") is left to it.
+    iterators of it every epoch (the second, started at an epoch's end, is
+    dropped when the next epoch starts its own): 36-55 ms an epoch of a small
+    model's fit on a 2-core CPU (tf_keras's own slicing: 11 ms). This pipeline
+    is a shuffled range of indices, batched, gathering each batch from the
+    arrays, repeated; with `steps_per_epoch` set to one pass, Keras 3 keeps
+    one iterator of it for the whole fit. The batches are what Keras would
+    give: `batch_size` (32 by default) in an order shuffled each epoch
+    (`shuffle=True`, the default) or kept (`shuffle=False`), the last one
+    partial; inputs and cached teacher outputs are gathered with the same
+    indices. TensorFlow backend only; anything else Keras's slicing handles
+    (validation_split, sample or class weights, steps_per_epoch,
+    shuffle="batch") is left to it.
 
     Arguments:
         x, y: the inputs (teacher outputs packed beside them) and targets.
         fit_kwargs: the keyword arguments `fit` was given.
+
+    Returns:
+        `(dataset, steps_per_epoch)`, or None.
     """
     import tensorflow as tf
 
@@ -368,12 +376,15 @@ def array_batches(x, y, fit_kwargs):
     count = int(leaves[0].shape[0])
     if any(int(leaf.shape[0]) != count for leaf in leaves) or count == 0:
         return None  # Keras names the mismatch
+    batch_size = fit_kwargs.get("batch_size") or 32
     tensors = tf.nest.map_structure(tf.convert_to_tensor, arrays)
     indices = tf.data.Dataset.range(count)
     if shuffle:
+        # Each pass of the repeat is a new iteration of the shuffle: a new order every epoch.
         indices = indices.shuffle(count, reshuffle_each_iteration=True)
-    batches = indices.batch(fit_kwargs.get("batch_size") or 32)
-    return batches.map(lambda index: tf.nest.map_structure(lambda t: tf.gather(t, index), tensors)).prefetch(1)
+    batches = indices.batch(batch_size).repeat()
+    dataset = batches.map(lambda index: tf.nest.map_structure(lambda t: tf.gather(t, index), tensors)).prefetch(1)
+    return dataset, -(-count // batch_size)
 
 
 def logits_loss(kind, teacher_logits, student_logits, temperature):

@@ -97,10 +97,11 @@ class QuantizationPhases(Scheduled):
         # The step counter moves inside the compiled step; set it only where it could differ (a fit's start).
         if self._next_step != step:
             self.qat_step.assign(float(step))
-        self._next_step = step + 1
         # The `qat_phase` log: 0 float, 1 fake-quant, 2 fake-quant with frozen ranges.
         frozen = self._freeze_step is not None and step >= self._freeze_step
-        self.phase = 2 if frozen else int(step >= self._start_step)
+        # Every step, on every layer: plain ints, set past Keras's attribute tracking.
+        object.__setattr__(self, "_next_step", step + 1)
+        object.__setattr__(self, "phase", 2 if frozen else int(step >= self._start_step))
 
     def _phases(self, training):
         """`(on, frozen)` boolean tensors for this call; a training call counts one step."""
