@@ -171,6 +171,36 @@ def test_layer_choice_per_layer_targets_and_a_schedule_ending_with_the_fit(data)
     assert history.history["sparsity"][-1] == pytest.approx((0.8 * 64 * 64 + 0.5 * 640) * 40 / 44 / 4736, abs=0.002)
 
 
+def test_m_by_n_masks_are_tfmots_and_a_cnn_trains_to_them(data):
+    """Keras 3 M:N masks are tfmot's for the same weights (partial blocks padded, ties included); a digits
+    CNN, whose first convolution has one input channel, prunes 2:4 in one fit."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
+
+    from tfcompress.pruning.constraints import m_by_n_mask
+
+    rng = np.random.default_rng(0)
+    for shape in [(10, 6), (3, 3, 3, 8), (3, 3, 8, 4)]:
+        for values in (rng.normal(size=shape), np.round(rng.normal(size=shape))):  # rounded: equal magnitudes
+            values = values.astype("float32")
+            rows = pruning_utils.generate_m_by_n_mask(pruning_utils.weights_rearrange(tf.constant(values)), (2, 4))
+            tfmot_mask = pruning_utils.m_by_n_sparsity_mask_prepare(rows, tf.TensorShape(shape)).numpy()
+            np.testing.assert_array_equal(m_by_n_mask(values, 2, 4), tfmot_mask, err_msg=str(shape))
+    # A Conv1D kernel, which tfmot's masks do not take (tf_keras leaves it dense): 2 zeros in every 4 inputs.
+    conv1d = m_by_n_mask(rng.normal(size=(3, 8, 5)).astype("float32"), 2, 4)
+    assert (np.moveaxis(conv1d, -2, -1).reshape(-1, 4).sum(axis=-1) == 2).all()
+    x, y, x_test, y_test = data
+    model = compiled(tfc.prune(cnn(), m_by_n=(2, 4)))
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = tfc.strip(model)
+    for name in ("conv2", "dense", "logits"):
+        blocks = np.moveaxis(final.get_layer(name).kernel.numpy(), -2, -1).reshape(-1, 4)  # 4 consecutive inputs
+        assert ((blocks == 0).sum(axis=-1) >= 2).all(), name
+    # One input channel is a block padded with three zeros: its weight is kept.
+    assert np.count_nonzero(final.get_layer("conv1").kernel.numpy()) == 3 * 3 * 16
+    assert final.evaluate(x_test, y_test, verbose=0)[1] > 0.85
+
+
 def test_cluster_keeps_16_values_per_kernel(data):
     x, y, x_test, y_test = data
     clustered = compiled(tfc.cluster(cnn(), clusters=16, begin=0.3))

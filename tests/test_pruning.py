@@ -61,6 +61,26 @@ def test_two_four_pattern_block_by_block(digits):
         assert (zeros == 2).mean() > 0.99, name
 
 
+def test_m_by_n_leaves_1d_convolutions_dense_by_name(caplog):
+    # tfmot's M:N masks take 2-D and 4-D kernels: a Conv1D's 3-D kernel would fail at the first step.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 3))
+    x = keras.layers.Conv1D(8, 3, name="conv1d")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"'conv1d' \(Conv1D\) cannot take m_by_n=\(2, 4\).*`import keras`"):
+        tfc.prune(model, m_by_n=(2, 4), layers=["conv1d"])
+    with caplog.at_level("WARNING", logger="absl"):
+        pruned = compile_classifier(tfc.prune(model, m_by_n=(2, 4)))
+    assert "left these layers dense" in caplog.text and "conv1d" in caplog.text
+    rng = np.random.default_rng(0)
+    pruned.fit(rng.random((64, 16, 3), "float32"), rng.integers(0, 10, 64), epochs=1, verbose=0,
+               callbacks=[tfc.CompressionCallback(verbose=0)])
+    final = tfc.strip(pruned)
+    assert np.count_nonzero(final.get_layer("conv1d").kernel.numpy()) == 3 * 3 * 8
+    blocks = final.get_layer("logits").kernel.numpy().T.reshape(-1, 4)  # 4 consecutive inputs per unit
+    assert ((blocks == 0).sum(axis=-1) >= 2).all()
+
+
 def test_per_layer_targets_and_layer_choice(digits):
     model = dense_digits_model()
     by_target = compile_classifier(tfc.prune(model, 0.8, layer_sparsity={"logits": 0.5}))

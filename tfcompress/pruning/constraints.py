@@ -222,12 +222,24 @@ def magnitude_mask(values, sparsity):
 
 
 def m_by_n_mask(values, m, n):
-    """A 0/1 mask with m zeros in every block of n consecutive weights along the input channels (axis -2)."""
-    moved = np.moveaxis(values, -2, -1)
-    blocks = np.abs(moved).reshape(-1, n)
-    mask = np.ones_like(blocks)
-    np.put_along_axis(mask, np.argsort(blocks, axis=1, kind="stable")[:, :m], 0, axis=1)
-    return np.moveaxis(mask.reshape(moved.shape), -1, -2)
+    """A 0/1 mask with m zeros in every block of n consecutive weights along the input channels (axis -2).
+
+    Input channels that are not a multiple of n end in a partial block, padded
+    with zeros that count among its m zeros, as tfmot's M:N masks do (the
+    padded kernel is M:N): a first convolution over 3 channels keeps 2 of
+    them at 2:4, over 1 channel keeps it.
+    """
+    moved = np.abs(np.moveaxis(values, -2, -1))
+    channels = moved.shape[-1]
+    pad = -channels % n
+    if pad:
+        moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,), moved.dtype)], axis=-1)
+    blocks = moved.reshape(-1, n)
+    mask = np.zeros_like(blocks)
+    # Kept: each block's n - m largest, the lower index first among equals (tfmot's top_k).
+    np.put_along_axis(mask, np.argsort(-blocks, axis=1, kind="stable")[:, :n - m], 1, axis=1)
+    mask = mask.reshape(moved.shape)[..., :channels]
+    return np.moveaxis(mask, -1, -2).astype(values.dtype)
 
 
 class PrunedKernel(Scheduled):
@@ -335,11 +347,6 @@ def prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n):
         target = _validate_sparsity(target_for(layer), "layer_sparsity")
         for owner, weight, constraint_attribute in kernels:
             shape = getattr(owner, weight).shape
-            if m_by_n and shape[-2] % m_by_n[1]:
-                raise ValueError(
-                    f"m_by_n={m_by_n} needs input channels in multiples of {m_by_n[1]}, but "
-                    f"{layer.name!r} has {shape[-2]}. Choose the layers with `layers=`."
-                )
             constraint = attach(
                 owner, weight, constraint_attribute,
                 lambda inner: PruningMask(schedule_for(target), m_by_n=m_by_n, inner=inner),

@@ -25,6 +25,19 @@ def prunable_weight_names(layer):
     return ["(recurrent)"]
 
 
+def takes_m_by_n(layer, weights):
+    """Whether tfmot's M:N masks take every weight it prunes in tf_keras `layer` (2-D and 4-D kernels only).
+
+    A 1-D convolution's 3-D kernel passes `tfc.prune` and fails at the first
+    training step ("weight tensor with shape ... is not supported").
+    """
+    for name in weights:
+        weight = None if name.startswith("(") else getattr(layer, name, None)
+        if weight is not None and len(weight.shape) not in (2, 4):
+            return False
+    return True
+
+
 def _check_m_by_n(m_by_n):
     try:
         m, n = (int(v) for v in m_by_n)
@@ -99,8 +112,10 @@ def prune(
             updates over the span, and a last one always happens at `end`.
         m_by_n: `(m, n)` structured sparsity, e.g. `(2, 4)`: m zeros in every
             block of n consecutive weights along the input channels (tfmot's
-            M:N pruning; Dense and Conv2D kernels). The pattern is set at the
-            first training step.
+            M:N pruning; Dense and Conv2D kernels, and on Keras 3 1-D
+            convolutions too, which tf_keras leaves dense with a warning). A
+            last block short of n inputs is padded with zeros that count among
+            its m. The pattern is set at the first training step.
         layers: which layers to prune: None (every layer with a kernel tfmot can
             prune; DepthwiseConv2D and BatchNorm are left dense), names, layer
             classes, or a predicate `layer -> bool`.
@@ -173,6 +188,7 @@ def prune(
         return prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n)
     skipped = []
     attention = []
+    not_m_by_n = []
 
     def wrap(layer):
         if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
@@ -209,6 +225,16 @@ def prune(
             if weights is None and layer.weights:
                 skipped.append(layer.name)
             return copy
+        if m_by_n and not takes_m_by_n(layer, weights):
+            if layer.name in named:
+                raise ValueError(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) cannot take m_by_n={m_by_n}: tfmot's "
+                    "M:N masks take 2-D and 4-D kernels (Dense, Conv2D) only. Leave it out of `layers=`, "
+                    "or build the model with `import keras` (Keras 3), where tfc.prune applies M:N to "
+                    "1-D convolutions too."
+                )
+            not_m_by_n.append(layer.name)
+            return copy
         wrapper = PruneLowMagnitude(
             copy, pruning_schedule=schedule_for(_validate_sparsity(target_for(layer), "layer_sparsity")),
             sparsity_m_by_n=m_by_n,
@@ -221,7 +247,7 @@ def prune(
         if "m_by_n" in str(error) or "sparsity" in str(error).lower():
             raise ValueError(
                 f"tfmot cannot apply m_by_n={m_by_n} here: {error} Choose the layers with "
-                "`layers=` (Dense and Conv2D kernels whose input size is a multiple of n)."
+                "`layers=` (Dense and Conv2D kernels)."
             ) from error
         raise
     wrappers = find_pruning_wrappers(pruned)
@@ -235,6 +261,12 @@ def prune(
             "tfc.prune left these layers dense because tfmot cannot prune them: %s. "
             "Implement tfmot.sparsity.keras.PrunableLayer on them to prune them.",
             ", ".join(skipped),
+        )
+    if not_m_by_n:
+        logging.warning(
+            "tfc.prune left these layers dense: tfmot's M:N masks take 2-D and 4-D kernels (Dense, "
+            "Conv2D) only: %s. On Keras 3 models (`import keras`) tfc.prune applies m_by_n to them too.",
+            ", ".join(not_m_by_n),
         )
     if attention:
         logging.warning(
