@@ -157,13 +157,12 @@ for label, (_, history, _, accuracy) in runs.items():
 # ## 2:4 structured sparsity
 #
 # `m_by_n=(2, 4)` zeroes 2 weights in every 4 consecutive input weights (the pattern sparse tensor
-# cores and some NPUs accelerate). `conv1` reads one input channel, so it has no groups of 4:
-# `layers=` leaves it out (on a Keras 3 model `tfc.prune` refuses it with an error naming it). We
-# check the pattern on the stripped kernels.
+# cores and some NPUs accelerate). `conv1` reads one input channel: as with tfmot, a group short of
+# 4 inputs is padded with zeros that count among its 2, so its one weight per group is kept (leave
+# it out with `layers=` to say so explicitly). We check the pattern on the stripped kernels.
 
 # %%
-model = compile_model(tfc.prune(copy_of_dense(), m_by_n=(2, 4), layers=["conv2", "dense", "logits"]),
-                      learning_rate=1e-3)
+model = compile_model(tfc.prune(copy_of_dense(), m_by_n=(2, 4)), learning_rate=1e-3)
 model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, verbose=0, callbacks=[tfc.CompressionCallback(verbose=0)])
 two_four = compile_model(tfc.strip(model))
 print(f"2:4 model: test accuracy {two_four.evaluate(x_test, y_test, verbose=0)[1]:.3f}")
@@ -173,7 +172,7 @@ for layer in two_four.layers:
         kernel = layer.kernel.numpy()
         zeros = 1 - np.count_nonzero(kernel) / kernel.size
         if kernel.shape[-2] % 4:
-            print(f"{layer.name:7s} {kernel.shape!s:16s} {kernel.shape[-2]} input channel(s), no groups of 4: "
+            print(f"{layer.name:7s} {kernel.shape!s:16s} {kernel.shape[-2]} input channel(s), a padded group: "
                   f"{zeros:.0%} zeros")
             continue
         # Groups of 4 consecutive weights along the input axis (axis -2), for every output unit.
