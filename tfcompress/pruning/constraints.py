@@ -346,7 +346,6 @@ def prune_with_masks(model, schedule_for, target_for, chosen, named, m_by_n):
             continue
         target = _validate_sparsity(target_for(layer), "layer_sparsity")
         for owner, weight, constraint_attribute in kernels:
-            shape = getattr(owner, weight).shape
             constraint = attach(
                 owner, weight, constraint_attribute,
                 lambda inner: PruningMask(schedule_for(target), m_by_n=m_by_n, inner=inner),
