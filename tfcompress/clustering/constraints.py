@@ -121,15 +121,14 @@ class ClusterCentroids(CompressionConstraint):
         }
 
 
-def initial_centroids(values, clusters, init, preserve_sparsity):
-    """Centroids for a kernel: its own values when it holds `clusters` or fewer (a resumed model), else tfmot's."""
-    members = values[values != 0] if preserve_sparsity else values.ravel()
-    distinct = np.unique(members)
+def initial_centroids(values, clusters, init):
+    """Centroids for `values`: their own values when they hold `clusters` or fewer (a resumed model), else tfmot's."""
+    distinct = np.unique(values)
     if 0 < distinct.size <= clusters:
         return np.resize(distinct, clusters).astype("float32")
     initializer = clustering_centroids.CentroidsInitializerFactory.get_centroid_initializer(INITIALIZATIONS[init])
     centroids = initializer(
-        tf.constant(values), clusters, False, "channels_last", preserve_sparsity
+        tf.constant(values), clusters, False, "channels_last", False
     ).get_cluster_centroids()
     return np.resize(np.asarray(centroids, "float32"), clusters)
 
@@ -190,11 +189,12 @@ class ClusteredKernel(Scheduled):
         if constraint.keep is not None:
             # The zero is one of the clusters (held at zero): the others come from the nonzero weights.
             nonzero = values[values != 0]
-            others = (initial_centroids(nonzero, constraint.clusters - 1, constraint.init, False) if nonzero.size
+            others = (initial_centroids(nonzero, constraint.clusters - 1, constraint.init) if nonzero.size
                       else np.zeros(constraint.clusters - 1, "float32"))
             centroids = np.concatenate([np.zeros(1, "float32"), others])
         else:
-            centroids = initial_centroids(values, constraint.clusters, constraint.init, constraint.preserve_sparsity)
+            # No zero mask, so `preserve_sparsity` is off: every weight is a member.
+            centroids = initial_centroids(values, constraint.clusters, constraint.init)
         nearest = np.abs(values[..., None] - centroids).argmin(axis=-1)
         shared = centroids[nearest].astype(values.dtype)
         if constraint.keep is not None:
